@@ -1,0 +1,32 @@
+"""Messaging for Warren: the :class:`Broker` interface and its RabbitMQ and in-process forms."""
+
+from broker._base import (
+    ORIGIN_EXCHANGE_HEADER,
+    ORIGIN_ROUTING_KEY_HEADER,
+    REASON_HEADER,
+    Broker,
+    Consumer,
+    Delivery,
+    DeliveryHandler,
+    Exchange,
+    OutgoingMessage,
+    PublishError,
+)
+from broker._envelope import Envelope, EnvelopeError
+from broker._factory import broker_from_url
+
+__all__ = [
+    "ORIGIN_EXCHANGE_HEADER",
+    "ORIGIN_ROUTING_KEY_HEADER",
+    "REASON_HEADER",
+    "Broker",
+    "Consumer",
+    "Delivery",
+    "DeliveryHandler",
+    "Envelope",
+    "EnvelopeError",
+    "Exchange",
+    "OutgoingMessage",
+    "PublishError",
+    "broker_from_url",
+]
