@@ -1,0 +1,43 @@
+"""Finds the workflows to serve in modules named on the command line."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from types import ModuleType
+
+from sdk._workflow import WorkflowEntrypoint
+from sdk.errors import ValidationError
+
+
+def load_module(spec: str) -> ModuleType:
+    """Import ``spec``: a dotted module name or a path to a ``.py`` file."""
+    if spec.endswith(".py") or "/" in spec:
+        path = Path(spec).resolve()
+        if not path.is_file():
+            raise ValidationError(f"no such file: {spec}")
+        name = f"warren_user_{path.stem}"
+        module_spec = importlib.util.spec_from_file_location(name, path)
+        if module_spec is None or module_spec.loader is None:
+            raise ValidationError(f"cannot import {spec}")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[name] = module
+        sys.path.insert(0, str(path.parent))
+        module_spec.loader.exec_module(module)
+        return module
+    return importlib.import_module(spec)
+
+
+def workflows_in(modules: Iterable[ModuleType]) -> list[type[WorkflowEntrypoint]]:
+    """Every concrete ``WorkflowEntrypoint`` subclass defined in ``modules``."""
+    found: dict[str, type[WorkflowEntrypoint]] = {}
+    for module in modules:
+        for _, obj in inspect.getmembers(module, inspect.isclass):
+            if (issubclass(obj, WorkflowEntrypoint) and obj is not WorkflowEntrypoint
+                    and not inspect.isabstract(obj) and obj.__module__ == module.__name__):
+                found[obj.name] = obj
+    return list(found.values())

@@ -1,0 +1,376 @@
+"""The replay executor: given an instance's history and the time, decide what happens next.
+
+It is pure with respect to storage: the turn loads a snapshot, calls :func:`replay`, and
+persists the :class:`TurnOutcome`. ``run()`` is executed from the top on a
+:class:`ReplayLoop`; recorded outcomes are resolved one at a time in ``completed_seq``
+order with the loop run to idleness after each, which is exactly how every earlier turn
+saw them, so races (``asyncio.wait(..., FIRST_COMPLETED)``) replay the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from engine import _history as h
+from engine._codec import error_dict, validate_json_value
+from engine._replay_loop import ReplayLoop
+from sdk._config import MAX_SLEEP, StepConfig
+from sdk._durations import Duration, duration_ms, parse_duration
+from sdk._workflow import (
+    ReceivedEvent,
+    RollbackHandler,
+    StepBody,
+    StepContext,
+    StepInfo,
+    WorkflowEntrypoint,
+    WorkflowEvent,
+    WorkflowStep,
+)
+from sdk.errors import (
+    LimitExceededError,
+    NonDeterminismError,
+    StepFailedError,
+    ValidationError,
+    WarrenError,
+)
+
+MAX_STEPS_PER_INSTANCE = 10_000
+
+
+class RecordedError(WarrenError):
+    """A step attempt's error as recorded in history (handed to callable retry delays)."""
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"{name}: {message}")
+        self.name = name
+        self.message = message
+
+
+@dataclass(slots=True)
+class AttemptStart:
+    """A ``do`` step attempt the worker must run once the turn has committed."""
+
+    key: str
+    name: str
+    count: int
+    attempt: int
+    fn: StepBody
+    config: StepConfig
+
+
+@dataclass(slots=True)
+class TurnOutcome:
+    """Everything a turn decided, for the store to commit and the worker to act on."""
+
+    inserted: list[h.StepRecord] = field(default_factory=list)
+    updated: list[h.StepRecord] = field(default_factory=list)
+    attempts: list[AttemptStart] = field(default_factory=list)
+    timers_set: dict[str, int] = field(default_factory=dict)
+    timers_cleared: list[str] = field(default_factory=list)
+    status: str = h.STATUS_RUNNING
+    output: Any = None
+    error: dict[str, Any] | None = None
+    progress: list[Any] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in h.FINISHED_STATUSES
+
+
+@dataclass(slots=True)
+class _Call:
+    key: str
+    name: str
+    count: int
+    kind: str
+    future: asyncio.Future[Any]
+    fn: StepBody | None = None
+    config: StepConfig | None = None
+    rollback: RollbackHandler | None = None
+    rollback_config: StepConfig | None = None
+    wake_at_ms: int | None = None
+
+
+class _ReplayStep(WorkflowStep):
+    """The ``step`` object handed to ``run()`` during a replay."""
+
+    def __init__(self, replay: _Replay) -> None:
+        self._replay = replay
+        self._step_functions: dict[str, Any] = {}
+
+    def _start_step(
+        self, name: str, fn: StepBody, config: StepConfig,
+        rollback: RollbackHandler | None, rollback_config: StepConfig,
+    ) -> asyncio.Future[Any]:
+        call = self._replay.call(h.DO, name)
+        call.fn, call.config = fn, config
+        call.rollback, call.rollback_config = rollback, rollback_config
+        return call.future
+
+    def sleep(self, name: str, duration: Duration) -> asyncio.Future[None]:
+        delay = parse_duration(duration)
+        if delay > MAX_SLEEP:
+            raise LimitExceededError(f"sleep {name!r} of {delay} exceeds the limit of 365 days")
+        call = self._replay.call(h.SLEEP, name)
+        call.wake_at_ms = self._replay.now_ms + duration_ms(delay)
+        return call.future
+
+    def sleep_until(self, name: str, when: datetime | float) -> asyncio.Future[None]:
+        if isinstance(when, datetime):
+            if when.tzinfo is None:
+                raise ValidationError(f"sleep_until {name!r}: use a timezone-aware datetime")
+            wake_at_ms = int(when.timestamp() * 1000)
+        elif isinstance(when, int | float) and not isinstance(when, bool):
+            wake_at_ms = int(when * 1000)
+        else:
+            raise ValidationError(f"sleep_until {name!r}: expected a datetime or a timestamp")
+        if wake_at_ms - self._replay.now_ms > duration_ms(MAX_SLEEP):
+            raise LimitExceededError(f"sleep_until {name!r} is more than 365 days away")
+        call = self._replay.call(h.SLEEP_UNTIL, name)
+        call.wake_at_ms = wake_at_ms
+        return call.future
+
+    def wait_for_event(
+        self, name: str, event_type: str, *, timeout: Duration = timedelta(hours=24)
+    ) -> asyncio.Future[ReceivedEvent]:
+        raise NotImplementedError("wait_for_event arrives with the events issue")
+
+    def report_progress(self, data: Any) -> None:
+        self._replay.outcome.progress.append(data)
+
+
+class _Replay:
+    def __init__(
+        self, workflow: type[WorkflowEntrypoint], instance: h.InstanceSnapshot, now_ms: int
+    ) -> None:
+        self.instance = instance
+        self.now_ms = now_ms
+        self.outcome = TurnOutcome()
+        self._workflow = workflow
+        self._records = {r.key: r for r in instance.steps}
+        self._changed: dict[str, h.StepRecord] = {}
+        self._calls: dict[str, _Call] = {}
+        self._new: list[_Call] = []
+        self._counts: Counter[str] = Counter()
+        self._loop = ReplayLoop()
+        self._next_completed = 1 + max((r.completed_seq or 0 for r in instance.steps), default=0)
+        self._next_start = 1 + max((r.start_seq for r in instance.steps), default=0)
+        self._divergence: NonDeterminismError | None = None
+
+    # -- called from run() through _ReplayStep ------------------------------------------
+    def call(self, kind: str, name: str) -> _Call:
+        self._counts[name] += 1
+        count = self._counts[name]
+        key = StepInfo(name, count).key
+        record = self._records.get(key)
+        if record is not None and record.kind != kind:
+            self._divergence = NonDeterminismError(
+                f"step {name!r} (occurrence {count}) is a {record.kind!r} step in the recorded "
+                f"history, but run() now calls {kind!r} there: the workflow code changed "
+                "incompatibly while this instance was in flight"
+            )
+            raise self._divergence
+        if record is None and len(self._records) + len(self._new) >= MAX_STEPS_PER_INSTANCE:
+            raise LimitExceededError(
+                f"instance has {MAX_STEPS_PER_INSTANCE} steps, the limit per instance"
+            )
+        call = _Call(key, name, count, kind, self._loop.create_future())
+        self._calls[key] = call
+        if record is None:
+            self._new.append(call)
+        return call
+
+    # -- the turn ------------------------------------------------------------------------
+    def run(self) -> TurnOutcome:
+        inst = self.instance
+        event = WorkflowEvent(
+            payload=inst.params, instance_id=inst.instance_id, workflow=inst.workflow,
+            timestamp=datetime.fromtimestamp(inst.created_at_ms / 1000, tz=timezone.utc),
+        )
+        task = self._loop.create_task(self._workflow().run(event, _ReplayStep(self)))
+        self._loop.run_until_idle()
+        retry_waits = self._apply_outcomes()
+        for record in sorted(
+            (r for r in self._records.values() if r.completed_seq is not None),
+            key=lambda r: r.completed_seq or 0,
+        ):
+            self._resolve(record)
+        self._schedule_retries(retry_waits)
+        self._start_due_attempts()
+        self._decide_new_calls()
+        self._decide_status(task)
+        self.outcome.updated = [r for k, r in self._changed.items() if k in self._records]
+        return self.outcome
+
+    def _apply_outcomes(self) -> list[h.StepRecord]:
+        """Turn ended attempts and due sleeps into completions; return steps to retry."""
+        done: list[tuple[int, int, h.StepRecord, str]] = []
+        retry: list[h.StepRecord] = []
+        for r in self._records.values():
+            if r.completed:
+                continue
+            if r.kind in (h.SLEEP, h.SLEEP_UNTIL) and (r.wake_at_ms or 0) <= self.now_ms:
+                done.append((r.wake_at_ms or 0, r.start_seq, r, h.SUCCEEDED))
+            elif r.kind == h.DO and r.state == h.RUNNING and r.attempt_outcome == "ok":
+                done.append((r.ended_at_ms or 0, r.start_seq, r, h.SUCCEEDED))
+            elif r.kind == h.DO and r.state == h.RUNNING and r.attempt_outcome == "error":
+                error = r.error or {}
+                if error.get("non_retryable") or r.attempt > r.config["retries"]["limit"]:
+                    done.append((r.ended_at_ms or 0, r.start_seq, r, h.FAILED))
+                else:
+                    retry.append(r)
+        for at_ms, _, record, state in sorted(done, key=lambda d: (d[0], d[1])):
+            self._complete(record, state, ended_at_ms=at_ms or self.now_ms)
+        return retry
+
+    def _complete(self, record: h.StepRecord, state: str, *, ended_at_ms: int) -> None:
+        record.state = state
+        record.completed_seq = self._next_completed
+        self._next_completed += 1
+        record.attempt_outcome = None
+        record.ended_at_ms = ended_at_ms
+        if record.kind != h.DO:
+            self.outcome.timers_cleared.append(record.key)
+        self._changed[record.key] = record
+
+    def _resolve(self, record: h.StepRecord) -> None:
+        call = self._calls.get(record.key)
+        if call is None:
+            self._diverge(record)
+            return
+        if record.state == h.FAILED:
+            error = record.error or {}
+            call.future.set_exception(StepFailedError(
+                record.name, str(error.get("name", "Error")), str(error.get("message", "")),
+                record.attempt,
+            ))
+        else:
+            call.future.set_result(record.output)
+        self._loop.run_until_idle()
+
+    def _diverge(self, record: h.StepRecord) -> None:
+        if self._divergence is None:
+            self._divergence = NonDeterminismError(
+                f"step {record.name!r} (occurrence {record.count}, {record.kind}) is in the "
+                "recorded history, but run() no longer calls it there: the workflow code "
+                "changed incompatibly while this instance was in flight"
+            )
+
+    def _schedule_retries(self, records: list[h.StepRecord]) -> None:
+        for record in records:
+            call = self._calls.get(record.key)
+            if call is None or call.config is None:
+                self._diverge(record)
+                continue
+            error = record.error or {}
+            ctx = StepContext(StepInfo(record.name, record.count), record.attempt, call.config)
+            try:
+                wait = call.config.retries.wait_after(
+                    record.attempt, ctx,
+                    RecordedError(str(error.get("name")), str(error.get("message"))),
+                )
+            except Exception as exc:  # a failing delay function fails the step (API.md §1)
+                record.error = {**error_dict(exc), "non_retryable": True}
+                self._complete(record, h.FAILED, ended_at_ms=self.now_ms)
+                self._resolve(record)
+                continue
+            record.state = h.BACKOFF
+            record.attempt_outcome = None
+            record.wake_at_ms = self.now_ms + duration_ms(wait)
+            self.outcome.timers_set[record.key] = record.wake_at_ms
+            self._changed[record.key] = record
+
+    def _start_due_attempts(self) -> None:
+        for record in self._records.values():
+            if record.state != h.BACKOFF or (record.wake_at_ms or 0) > self.now_ms:
+                continue
+            call = self._calls.get(record.key)
+            if call is None or call.fn is None or call.config is None:
+                self._diverge(record)
+                continue
+            record.state = h.RUNNING
+            record.attempt += 1
+            record.output = record.error = record.wake_at_ms = None
+            self.outcome.timers_cleared.append(record.key)
+            self.outcome.timers_set.pop(record.key, None)
+            self.outcome.attempts.append(AttemptStart(
+                record.key, record.name, record.count, record.attempt, call.fn, call.config
+            ))
+            self._changed[record.key] = record
+
+    def _decide_new_calls(self) -> None:
+        for call in self._new:
+            record = h.StepRecord(
+                key=call.key, name=call.name, count=call.count, kind=call.kind,
+                start_seq=self._next_start, state=h.RUNNING, config={},
+                started_at_ms=self.now_ms,
+            )
+            self._next_start += 1
+            if call.kind == h.DO:
+                assert call.fn is not None and call.config is not None
+                record.config = call.config.to_json()
+                record.attempt = 1
+                self.outcome.attempts.append(
+                    AttemptStart(call.key, call.name, call.count, 1, call.fn, call.config)
+                )
+            else:
+                record.state = h.WAITING
+                record.wake_at_ms = call.wake_at_ms
+                self.outcome.timers_set[call.key] = call.wake_at_ms or self.now_ms
+            self._records[call.key] = record
+            self.outcome.inserted.append(record)
+
+    def _decide_status(self, task: asyncio.Task[Any]) -> None:
+        outcome = self.outcome
+        if self._divergence is not None:
+            outcome.status, outcome.error = h.ERRORED, error_dict(self._divergence)
+        elif task.done():
+            self._finish(task)
+        elif any(r.state == h.RUNNING for r in self._records.values()):
+            outcome.status = h.STATUS_RUNNING
+        elif any(not r.completed for r in self._records.values()):
+            outcome.status = h.STATUS_WAITING
+        else:
+            outcome.status, outcome.error = h.ERRORED, error_dict(NonDeterminismError(
+                "run() is blocked on an awaitable that is not a Warren step, so it can never "
+                "continue; await only step.do / step.sleep / step.wait_for_event results"
+            ))
+        if outcome.finished:
+            # Nothing more will run: drop decisions that would start work or set timers.
+            outcome.attempts.clear()
+            outcome.timers_set.clear()
+            outcome.timers_cleared.extend(
+                r.key for r in self._records.values() if r.state in (h.BACKOFF, h.WAITING)
+            )
+
+    def _finish(self, task: asyncio.Task[Any]) -> None:
+        outcome = self.outcome
+        if task.cancelled():
+            outcome.status = h.ERRORED
+            outcome.error = {"name": "CancelledError", "message": "run() was cancelled"}
+            return
+        exc = task.exception()
+        if exc is not None:
+            outcome.status, outcome.error = h.ERRORED, error_dict(exc)
+            return
+        try:
+            validate_json_value(task.result(), what="workflow output")
+        except ValidationError as invalid:
+            outcome.status, outcome.error = h.ERRORED, error_dict(invalid)
+            return
+        outcome.status, outcome.output = h.COMPLETE, task.result()
+
+
+def replay(
+    workflow: type[WorkflowEntrypoint], instance: h.InstanceSnapshot, now_ms: int
+) -> TurnOutcome:
+    """Replay ``run()`` against the instance's history and return the turn's decisions."""
+    return _Replay(workflow, instance, now_ms).run()
+
+
+StepCallable = Callable[..., Any]

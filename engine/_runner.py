@@ -1,0 +1,170 @@
+"""Executes step bodies after their turn committed: timeouts, heartbeats, group-committed results.
+
+Bodies run as tasks on the worker's loop (async functions) or in its thread pool (sync
+functions), at most ``concurrency`` at once. Ended attempts are written to SQL in batches
+— whatever finished while the previous batch was being written — and each instance with a
+result gets one step-completed message, which triggers its next turn on any worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import structlog
+
+from broker import Broker, Envelope, OutgoingMessage
+from engine._clock import now_ms
+from engine._codec import encode_json, error_dict
+from engine._replay import AttemptStart
+from engine._store._database import Database
+from engine._store._turns import AttemptResult, heartbeat_txn, record_attempts_txn
+from sdk._workflow import StepContext, StepInfo
+from sdk.errors import NonRetryableError, ValidationError
+
+log = structlog.get_logger("warren.runner")
+
+
+@dataclass(frozen=True, slots=True)
+class StepJob:
+    """One attempt to execute, with where to report its result."""
+
+    workflow: str
+    instance_id: str
+    instance_pk: int
+    attempt: AttemptStart
+
+
+class StepRunner:
+    """Runs step attempts and reports their outcomes."""
+
+    def __init__(
+        self, db: Database, broker: Broker, *, concurrency: int, heartbeat_interval: float
+    ) -> None:
+        self._db = db
+        self._broker = broker
+        self._slots = asyncio.Semaphore(concurrency)
+        self._heartbeat_interval = heartbeat_interval
+        self._running: dict[tuple[int, str, int], asyncio.Task[None]] = {}
+        self._results: list[tuple[StepJob, AttemptResult]] = []
+        self._results_ready = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._flush_forever(), name="warren-flush"),
+                       asyncio.create_task(self._heartbeat_forever(), name="warren-heartbeat")]
+
+    async def stop(self) -> None:
+        """Stop without reporting in-flight attempts (their heartbeats expire; another worker
+        retries them), after flushing the results already produced."""
+        for task in self._running.values():
+            task.cancel()
+        await asyncio.gather(*self._running.values(), return_exceptions=True)
+        await self._flush()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    def submit(self, job: StepJob) -> None:
+        key = (job.instance_pk, job.attempt.key, job.attempt.attempt)
+        task = asyncio.create_task(self._run(job), name=f"warren-step:{job.attempt.key}")
+        self._running[key] = task
+        task.add_done_callback(lambda _: self._running.pop(key, None))
+
+    async def _run(self, job: StepJob) -> None:
+        a = job.attempt
+        bound = log.bind(workflow=job.workflow, instance=job.instance_id, step=a.key,
+                         attempt=a.attempt)
+        async with self._slots:
+            ctx = StepContext(StepInfo(a.name, a.count), a.attempt, a.config)
+            ok, output, error = False, None, None
+            try:
+                value = await asyncio.wait_for(_invoke(a.fn, ctx),
+                                               a.config.timeout.total_seconds())
+                output = encode_json(value, what=f"output of step {a.name!r}")
+                ok = True
+            except TimeoutError:
+                error = {"name": "StepTimeoutError",
+                         "message": f"attempt exceeded the step timeout of {a.config.timeout}"}
+            except (NonRetryableError, ValidationError) as exc:
+                error = {**error_dict(exc), "non_retryable": True}
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                error = error_dict(exc)
+            bound.debug("step attempt ended", ok=ok, error=error)
+        self._results.append((job, AttemptResult(
+            instance_pk=job.instance_pk, key=a.key, attempt=a.attempt, ok=ok, output=output,
+            error=None if error is None else orjson.dumps(error).decode(), ended_at_ms=now_ms(),
+        )))
+        self._results_ready.set()
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._results_ready.wait()
+            try:
+                await self._flush()
+            except Exception:
+                # Results stay queued and are written on the next round; heartbeats keep the
+                # attempts alive meanwhile, so nothing is retried needlessly.
+                log.exception("writing step results failed; retrying")
+                await asyncio.sleep(0.5)
+
+    async def _flush(self) -> None:
+        self._results_ready.clear()
+        batch, self._results = self._results, []
+        if not batch:
+            return
+        try:
+            async with self._db.transaction() as conn:
+                await record_attempts_txn(conn, [r for _, r in batch])
+        except BaseException:
+            self._results[:0] = batch
+            self._results_ready.set()
+            raise
+        pokes = {(job.workflow, job.instance_id) for job, _ in batch}
+        await self._broker.publish([
+            OutgoingMessage("internal", workflow, Envelope("step", instance_id).encode())
+            for workflow, instance_id in pokes
+        ])
+
+    async def _heartbeat_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_interval)
+            try:
+                async with self._db.transaction() as conn:
+                    await heartbeat_txn(conn, list(self._running), now_ms())
+            except Exception:
+                log.exception("heartbeat failed")
+
+
+async def _invoke(fn: Callable[..., Any], ctx: StepContext) -> Any:
+    """Call a step function: async ones on the loop, sync ones in the thread pool."""
+    call: Callable[[], Any] = (
+        functools.partial(fn, ctx=ctx) if _takes_ctx(fn) else fn
+    )
+    if inspect.iscoroutinefunction(fn):
+        return await call()
+    result = await asyncio.to_thread(call)
+    if inspect.isawaitable(result):  # e.g. a lambda returning a coroutine
+        return await result
+    return result
+
+
+def _takes_ctx(fn: Callable[..., Any]) -> bool:
+    try:
+        return "ctx" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+AwaitableFactory = Callable[[], Awaitable[Any]]

@@ -1,0 +1,73 @@
+"""Worker configuration: explicit arguments win, then ``WARREN_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from engine._store._database import DEFAULT_DATABASE_URL
+from sdk.errors import ValidationError
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a worker or client can be configured with.
+
+    Attributes:
+        broker_url: ``amqp://...`` for RabbitMQ; ``None`` or ``memory://`` for the embedded
+            in-process broker. Env ``WARREN_BROKER_URL``.
+        database_url: ``postgresql+asyncpg://...`` or ``sqlite+aiosqlite:///path``.
+            Env ``WARREN_DATABASE_URL``.
+        namespace: Prefix of every exchange and queue. Env ``WARREN_NAMESPACE``.
+        concurrency: Step bodies in flight per worker. Env ``WARREN_CONCURRENCY``.
+        prefetch: Unacked messages per workflow queue. Env ``WARREN_PREFETCH``.
+        turn_batch_size: Instances advanced per batched turn.
+        turn_parallelism: Turn batches in flight at once per worker.
+        lease_s: How long a turn may hold an instance's lease.
+        heartbeat_timeout_s: A running step whose heartbeat is older is retried elsewhere.
+            Env ``WARREN_HEARTBEAT_TIMEOUT``.
+        sweep_interval_s: How often the sweeper looks for lost wake-ups.
+            Env ``WARREN_SWEEP_INTERVAL``.
+        sweep_grace_s: How overdue a wake-up must be before the sweeper re-issues it.
+    """
+
+    broker_url: str | None = None
+    database_url: str = DEFAULT_DATABASE_URL
+    namespace: str = "warren"
+    concurrency: int = 100
+    prefetch: int = 200
+    turn_batch_size: int = 100
+    turn_parallelism: int = 4
+    lease_s: float = 30.0
+    heartbeat_timeout_s: float = 30.0
+    sweep_interval_s: float = 1.0
+    sweep_grace_s: float = 1.0
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> Settings:
+        """Settings from the environment, with non-``None`` ``overrides`` applied on top."""
+        env = {
+            "broker_url": os.environ.get("WARREN_BROKER_URL") or None,
+            "database_url": os.environ.get("WARREN_DATABASE_URL") or DEFAULT_DATABASE_URL,
+            "namespace": os.environ.get("WARREN_NAMESPACE") or "warren",
+        }
+        numeric = {
+            "concurrency": ("WARREN_CONCURRENCY", int),
+            "prefetch": ("WARREN_PREFETCH", int),
+            "heartbeat_timeout_s": ("WARREN_HEARTBEAT_TIMEOUT", float),
+            "sweep_interval_s": ("WARREN_SWEEP_INTERVAL", float),
+        }
+        for name, (var, kind) in numeric.items():
+            raw = os.environ.get(var)
+            if raw:
+                try:
+                    env[name] = kind(raw)
+                except ValueError:
+                    raise ValidationError(f"{var}={raw!r} is not a valid {kind.__name__}") from None
+        known = {f.name for f in fields(cls)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise ValidationError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        env.update({k: v for k, v in overrides.items() if v is not None})
+        return replace(cls(), **env)

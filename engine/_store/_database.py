@@ -1,0 +1,103 @@
+"""Connection to the store: engine creation, dialect differences, schema creation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from sqlalchemy import event, insert, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlmodel import SQLModel
+
+from engine._store import _schema as schema
+from sdk.errors import ValidationError
+
+log = structlog.get_logger("warren.store")
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///warren.db"
+
+
+class Database:
+    """An async SQLAlchemy engine on PostgreSQL (asyncpg) or SQLite (aiosqlite).
+
+    SQLite runs in WAL mode with a busy timeout so a worker and a client can share the file;
+    writers are serialized by a process-local lock because SQLite allows one writer at a time
+    and aiosqlite would otherwise fail with "database is locked" under load.
+    """
+
+    def __init__(self, url: str | None = None, *, pool_size: int = 10) -> None:
+        self.url = url or DEFAULT_DATABASE_URL
+        if self.url.startswith("sqlite"):
+            self.dialect = "sqlite"
+            self.engine: AsyncEngine = create_async_engine(
+                self.url, connect_args={"timeout": 30}
+            )
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+        elif self.url.startswith("postgresql+asyncpg"):
+            self.dialect = "postgresql"
+            self.engine = create_async_engine(
+                self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False
+            )
+        else:
+            raise ValidationError(
+                f"unsupported database URL {self.url!r}: use postgresql+asyncpg://... "
+                "or sqlite+aiosqlite:///path"
+            )
+        self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+
+    async def create_schema(self) -> None:
+        """Create missing tables and seed fixed rows. Safe to run from many workers at once."""
+        async with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                # Serialize concurrent start-ups: CREATE TABLE IF NOT EXISTS races in PostgreSQL.
+                await conn.exec_driver_sql("SELECT pg_advisory_xact_lock(724011)")
+            await conn.run_sync(SQLModel.metadata.create_all)
+            await _insert_missing(conn, schema.meta, {"key": "schema_version"},
+                                  {"value": str(schema.SCHEMA_VERSION)})
+            await _insert_missing(conn, schema.engine_leases, {"name": "sweeper"},
+                                  {"owner": None, "expires_at_ms": 0})
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        """A connection inside one transaction, committed on success."""
+        if self._write_lock is None:
+            async with self.engine.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock, self.engine.begin() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads (no write lock on SQLite)."""
+        async with self.engine.connect() as conn:
+            yield conn
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+async def _insert_missing(
+    conn: AsyncConnection, table: Any, key: dict[str, Any], values: dict[str, Any]
+) -> None:
+    (column, value), = key.items()
+    exists = (await conn.execute(select(table).where(table.c[column] == value))).first()
+    if exists is None:
+        try:
+            async with conn.begin_nested():
+                await conn.execute(insert(table).values(**key, **values))
+        except IntegrityError:
+            pass  # another worker seeded it between our check and insert
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()

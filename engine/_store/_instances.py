@@ -1,0 +1,144 @@
+"""Queries about whole instances: creation (idempotent by token), lookup, status JSON."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from engine import _history as h
+from engine._codec import decode_json
+from engine._store._schema import instances, step_attempts, steps, workflows
+from sdk.errors import InstanceExistsError
+
+
+@dataclass(frozen=True, slots=True)
+class NewInstance:
+    """An instance to create: id, params as JSON text, and the create message's token."""
+
+    instance_id: str
+    params: str
+    token: str
+
+
+async def ensure_workflows_txn(conn: AsyncConnection, names: Sequence[str], now_ms: int) -> None:
+    """Record the workflows a worker serves (idempotent)."""
+    insert_ = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    await conn.execute(
+        insert_(workflows).on_conflict_do_nothing(),
+        [{"name": n, "created_at_ms": now_ms} for n in names],
+    )
+
+
+async def create_instances_txn(
+    conn: AsyncConnection, workflow: str, items: Sequence[NewInstance], now_ms: int
+) -> None:
+    """Insert ``queued`` instances, all or none.
+
+    Raises:
+        InstanceExistsError: naming the ids that exist already.
+    """
+    ids = [i.instance_id for i in items]
+    existing = (await conn.execute(
+        select(instances.c.instance_id)
+        .where(instances.c.workflow == workflow, instances.c.instance_id.in_(ids))
+    )).scalars().all()
+    if existing or len(set(ids)) != len(ids):
+        dupes = sorted(set(existing) | {i for i in ids if ids.count(i) > 1})
+        raise InstanceExistsError(
+            f"workflow {workflow!r} already has instance(s) with id {', '.join(dupes)}"
+        )
+    await conn.execute(insert(instances), [_new_row(workflow, i, now_ms) for i in items])
+
+
+async def create_from_message_txn(
+    conn: AsyncConnection, workflow: str, item: NewInstance, now_ms: int
+) -> str:
+    """Create an instance for a create message unless it exists.
+
+    Returns:
+        ``"created"``; ``"same"`` if a row with this id and token exists (the client inserted
+        it, or this is a redelivery); ``"duplicate"`` if the id belongs to another creation.
+    """
+    insert_ = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    created = (await conn.execute(
+        insert_(instances).values(**_new_row(workflow, item, now_ms))
+        .on_conflict_do_nothing().returning(instances.c.pk)
+    )).first()
+    if created is not None:
+        return "created"
+    token = (await conn.execute(
+        select(instances.c.create_token)
+        .where(instances.c.workflow == workflow, instances.c.instance_id == item.instance_id)
+    )).scalar_one()
+    return "same" if token == item.token else "duplicate"
+
+
+def _new_row(workflow: str, item: NewInstance, now_ms: int) -> dict[str, Any]:
+    return {
+        "workflow": workflow, "instance_id": item.instance_id, "status": h.QUEUED,
+        "params": item.params, "create_token": item.token, "created_at_ms": now_ms,
+        "fence": 0, "needs_turn": False,
+    }
+
+
+async def instance_status(
+    conn: AsyncConnection, workflow: str, instance_id: str
+) -> dict[str, Any] | None:
+    """The status JSON of API.md §6, or ``None`` if there is no such instance."""
+    row = (await conn.execute(
+        select(instances)
+        .where(instances.c.workflow == workflow, instances.c.instance_id == instance_id)
+    )).first()
+    if row is None:
+        return None
+    step_rows = (await conn.execute(
+        select(steps).where(steps.c.instance_pk == row.pk).order_by(steps.c.start_seq)
+    )).all()
+    attempt_rows = (await conn.execute(
+        select(step_attempts).where(step_attempts.c.instance_pk == row.pk)
+        .order_by(step_attempts.c.step_key, step_attempts.c.attempt)
+    )).all()
+    attempts: dict[str, list[dict[str, Any]]] = {}
+    for a in attempt_rows:
+        attempts.setdefault(a.step_key, []).append({
+            "start": iso(a.started_at_ms), "end": iso(a.ended_at_ms),
+            "success": a.success, "error": decode_json(a.error),
+        })
+    return {
+        "id": row.instance_id, "workflow": row.workflow, "status": row.status,
+        "params": decode_json(row.params), "output": decode_json(row.output),
+        "error": decode_json(row.error), "rollback": None,
+        "created": iso(row.created_at_ms), "started": iso(row.started_at_ms),
+        "ended": iso(row.ended_at_ms),
+        "steps": [_step_json(s, attempts.get(s.step_key, [])) for s in step_rows],
+    }
+
+
+def _step_json(s: Any, attempts: list[dict[str, Any]]) -> dict[str, Any]:
+    done = s.completed_seq is not None
+    error = decode_json(s.error) if s.state == h.FAILED else None
+    if error is not None:
+        error = {"name": error.get("name"), "message": error.get("message")}
+    return {
+        "name": s.name, "count": s.count, "type": s.kind,
+        "start": iso(s.started_at_ms), "end": iso(s.ended_at_ms) if done else None,
+        "success": (s.state == h.SUCCEEDED) if done else None,
+        "state": s.state, "attempts": attempts, "config": decode_json(s.config),
+        "output": decode_json(s.output) if s.state == h.SUCCEEDED else None,
+        "error": error,
+        "wake_at": iso(s.wake_at_ms) if s.state in (h.WAITING, h.BACKOFF) else None,
+    }
+
+
+def iso(ms: int | None) -> str | None:
+    """ISO-8601 UTC text of a millisecond timestamp."""
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -1,0 +1,148 @@
+"""Tables of the store (sqlmodel). Times are integer milliseconds since the epoch (``_ms``).
+
+JSON values (params, outputs, errors, configs) are stored as text written by orjson, so the
+same bytes round-trip on PostgreSQL and SQLite. ``SCHEMA_VERSION`` is recorded in
+``warren_meta`` so later releases can migrate instead of guessing.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Index, Integer, String, Text, text
+from sqlmodel import Field, SQLModel
+
+SCHEMA_VERSION = 1
+
+
+class WarrenMeta(SQLModel, table=True):
+    """Key/value facts about the schema itself (its version)."""
+
+    __tablename__ = "warren_meta"
+    key: str = Field(primary_key=True, max_length=64)
+    value: str = Field(max_length=256)
+
+
+class WorkflowRow(SQLModel, table=True):
+    """A workflow that some worker has served."""
+
+    __tablename__ = "warren_workflows"
+    name: str = Field(primary_key=True, max_length=64)
+    created_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class InstanceRow(SQLModel, table=True):
+    """One workflow instance: its params, outcome, status and turn lease.
+
+    The lease (``lease_owner``, ``lease_expires_ms``) plus ``fence`` serialize turns: taking
+    the lease increments ``fence``, and every write of a turn is guarded by it.
+    ``needs_turn`` records that a message arrived while another worker held the lease.
+    """
+
+    __tablename__ = "warren_instances"
+    __table_args__ = (
+        Index("ux_instances_workflow_id", "workflow", "instance_id", unique=True),
+        Index("ix_instances_list", "workflow", "created_at_ms", "pk"),
+        Index("ix_instances_status", "status", "created_at_ms"),
+        Index(
+            "ix_instances_lease",
+            "lease_expires_ms",
+            postgresql_where=text("lease_owner IS NOT NULL"),
+            sqlite_where=text("lease_owner IS NOT NULL"),
+        ),
+    )
+    pk: int | None = Field(default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True))
+    workflow: str = Field(max_length=64)
+    instance_id: str = Field(max_length=100)
+    status: str = Field(max_length=20)
+    params: str = Field(sa_column=Column(Text, nullable=False))
+    output: str | None = Field(default=None, sa_column=Column(Text))
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    create_token: str = Field(max_length=64)
+    created_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    started_at_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
+    ended_at_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
+    fence: int = Field(default=0)
+    lease_owner: str | None = Field(default=None, max_length=128)
+    lease_expires_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
+    needs_turn: bool = Field(default=False)
+
+
+class StepRow(SQLModel, table=True):
+    """One step of an instance's history, keyed by name and occurrence (``name#count``).
+
+    ``start_seq`` orders steps by when they were started (rollbacks run in reverse of it);
+    ``completed_seq`` orders outcomes as ``run()`` observed them, which replay reproduces.
+    ``attempt_outcome`` is an ended attempt's result that no turn has applied yet.
+    """
+
+    __tablename__ = "warren_steps"
+    __table_args__ = (
+        Index(
+            "ix_steps_running_heartbeat",
+            "heartbeat_at_ms",
+            postgresql_where=text("state = 'running'"),
+            sqlite_where=text("state = 'running'"),
+        ),
+    )
+    instance_pk: int = Field(sa_column=Column(BigInteger, primary_key=True))
+    step_key: str = Field(sa_column=Column(String(300), primary_key=True))
+    name: str = Field(max_length=256)
+    count: int
+    kind: str = Field(max_length=20)
+    start_seq: int
+    completed_seq: int | None = None
+    state: str = Field(max_length=20)
+    attempt: int = Field(default=0)
+    attempt_outcome: str | None = Field(default=None, max_length=10)
+    output: str | None = Field(default=None, sa_column=Column(Text))
+    error: str | None = Field(default=None, sa_column=Column(Text))
+    config: str = Field(sa_column=Column(Text, nullable=False))
+    wake_at_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
+    heartbeat_at_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
+    worker: str | None = Field(default=None, max_length=128)
+    started_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    ended_at_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
+
+
+class StepAttemptRow(SQLModel, table=True):
+    """One attempt of a ``do`` step (the status JSON lists them)."""
+
+    __tablename__ = "warren_step_attempts"
+    instance_pk: int = Field(sa_column=Column(BigInteger, primary_key=True))
+    step_key: str = Field(sa_column=Column(String(300), primary_key=True))
+    attempt: int = Field(primary_key=True)
+    started_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    ended_at_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
+    success: bool | None = None
+    error: str | None = Field(default=None, sa_column=Column(Text))
+
+
+class TimerRow(SQLModel, table=True):
+    """A pending wake-up (sleep, retry backoff, wait timeout): the truth behind a delayed message.
+
+    ``due_at_ms`` is when the sweeper should next republish the wake-up if no turn has
+    consumed the timer; the step row keeps the real wake time.
+    """
+
+    __tablename__ = "warren_timers"
+    __table_args__ = (Index("ix_timers_due", "due_at_ms"),)
+    instance_pk: int = Field(sa_column=Column(BigInteger, primary_key=True))
+    step_key: str = Field(sa_column=Column(String(300), primary_key=True))
+    due_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+
+
+class EngineLeaseRow(SQLModel, table=True):
+    """A named lease among workers (the sweeper runs on one worker at a time)."""
+
+    __tablename__ = "warren_engine_leases"
+    name: str = Field(primary_key=True, max_length=64)
+    owner: str | None = Field(default=None, max_length=128)
+    expires_at_ms: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+
+
+instances = InstanceRow.__table__  # type: ignore[attr-defined]
+steps = StepRow.__table__  # type: ignore[attr-defined]
+step_attempts = StepAttemptRow.__table__  # type: ignore[attr-defined]
+timers = TimerRow.__table__  # type: ignore[attr-defined]
+workflows = WorkflowRow.__table__  # type: ignore[attr-defined]
+engine_leases = EngineLeaseRow.__table__  # type: ignore[attr-defined]
+meta = WarrenMeta.__table__  # type: ignore[attr-defined]

@@ -1,0 +1,127 @@
+"""Queries of the sweeper: find instances whose wake-up may have been lost, and repair them.
+
+Each query reads through a small index (timers by due time, running steps by heartbeat,
+leases by expiry, queued instances by creation time), so a sweep costs what it finds, not
+the size of the tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import orjson
+from sqlalchemy import and_, or_, select, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from engine import _history as h
+from engine._store._schema import engine_leases, instances, step_attempts, steps, timers
+
+Poke = tuple[str, str]  # (workflow, instance_id)
+
+_LOST = orjson.dumps({
+    "name": "WorkerLostError",
+    "message": "the worker running this attempt stopped heartbeating (crashed or cut off)",
+}).decode()
+
+
+async def take_lease_txn(
+    conn: AsyncConnection, name: str, owner: str, now_ms: int, ttl_ms: int
+) -> bool:
+    """Take or renew the named engine lease; True if ``owner`` holds it now."""
+    c = engine_leases.c
+    result = await conn.execute(
+        update(engine_leases)
+        .where(c.name == name, or_(c.owner == owner, c.expires_at_ms < now_ms))
+        .values(owner=owner, expires_at_ms=now_ms + ttl_ms)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
+
+
+async def overdue_timers_txn(
+    conn: AsyncConnection, now_ms: int, grace_ms: int, limit: int
+) -> list[Poke]:
+    """Instances with a timer overdue by more than ``grace_ms``; their timers are pushed back
+    by ``grace_ms`` so the next sweep does not repeat the wake-up while it is in flight."""
+    rows = (await conn.execute(
+        select(timers.c.instance_pk, timers.c.step_key, instances.c.workflow,
+               instances.c.instance_id)
+        .join(instances, instances.c.pk == timers.c.instance_pk)
+        .where(timers.c.due_at_ms < now_ms - grace_ms)
+        .limit(limit)
+    )).all()
+    if rows:
+        await conn.execute(
+            update(timers)
+            .where(tuple_(timers.c.instance_pk, timers.c.step_key).in_(
+                [(r.instance_pk, r.step_key) for r in rows]))
+            .values(due_at_ms=now_ms + grace_ms)
+        )
+    return [(r.workflow, r.instance_id) for r in rows]
+
+
+async def stale_steps_txn(
+    conn: AsyncConnection, now_ms: int, heartbeat_timeout_ms: int, limit: int
+) -> list[Poke]:
+    """Running steps whose heartbeat stopped: an attempt with no result is failed as lost
+    (the turn retries it as a new attempt); an unapplied result gets its turn re-triggered."""
+    s = steps.c
+    rows = (await conn.execute(
+        select(s.instance_pk, s.step_key, s.attempt, s.attempt_outcome,
+               instances.c.workflow, instances.c.instance_id)
+        .join(instances, instances.c.pk == s.instance_pk)
+        .where(s.state == h.RUNNING, s.heartbeat_at_ms < now_ms - heartbeat_timeout_ms)
+        .limit(limit)
+    )).all()
+    lost = [(r.instance_pk, r.step_key, r.attempt) for r in rows if r.attempt_outcome is None]
+    if lost:
+        await conn.execute(
+            update(steps)
+            .where(tuple_(s.instance_pk, s.step_key, s.attempt).in_(lost),
+                   s.attempt_outcome.is_(None))
+            .values(attempt_outcome="error", error=_LOST, ended_at_ms=now_ms)
+        )
+        a = step_attempts.c
+        await conn.execute(
+            update(step_attempts)
+            .where(tuple_(a.instance_pk, a.step_key, a.attempt).in_(lost),
+                   a.ended_at_ms.is_(None))
+            .values(ended_at_ms=now_ms, success=False, error=_LOST)
+        )
+    if rows:
+        await conn.execute(
+            update(steps)
+            .where(tuple_(s.instance_pk, s.step_key).in_([(r.instance_pk, r.step_key)
+                                                          for r in rows]))
+            .values(heartbeat_at_ms=now_ms)
+        )
+    return [(r.workflow, r.instance_id) for r in rows]
+
+
+async def expired_leases(conn: AsyncConnection, now_ms: int, limit: int) -> list[Poke]:
+    """Instances whose turn lease expired (the worker died mid-turn)."""
+    c = instances.c
+    rows = (await conn.execute(
+        select(c.workflow, c.instance_id)
+        .where(c.lease_owner.is_not(None), c.lease_expires_ms < now_ms).limit(limit)
+    )).all()
+    return [(r.workflow, r.instance_id) for r in rows]
+
+
+async def unstarted_instances(
+    conn: AsyncConnection, now_ms: int, grace_ms: int, limit: int
+) -> list[Poke]:
+    """Queued instances older than ``grace_ms`` that no turn has picked up (their create
+    message was lost, e.g. the creating client died between insert and publish)."""
+    c = instances.c
+    rows = (await conn.execute(
+        select(c.workflow, c.instance_id)
+        .where(c.status == h.QUEUED, c.created_at_ms < now_ms - grace_ms,
+               and_(c.lease_owner.is_(None)))
+        .limit(limit)
+    )).all()
+    return [(r.workflow, r.instance_id) for r in rows]
+
+
+def unique(pokes: Sequence[Poke]) -> list[Poke]:
+    """Pokes without repeats, in first-seen order."""
+    return list(dict.fromkeys(pokes))

@@ -1,0 +1,80 @@
+"""The sweeper: the at-least-once backstop for every wake-up, run by one worker at a time.
+
+SQL holds the truth (timers, heartbeats, leases); messages are only reminders. A reminder
+lost anywhere — a delayed message dropped while dead-lettering between delay levels, a
+worker killed before publishing, a crashed turn — is re-issued from SQL here, so a lost
+message delays an instance but never strands it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection
+
+import structlog
+
+from broker import Broker, Envelope, OutgoingMessage
+from engine._clock import now_ms
+from engine._store import _sweeps as q
+from engine._store._database import Database
+
+log = structlog.get_logger("warren.sweeper")
+
+_BATCH = 1000
+
+
+class Sweeper:
+    """Periodically re-issues overdue wake-ups; coordinated through an engine lease row."""
+
+    def __init__(
+        self, db: Database, broker: Broker, *, worker_id: str, served: Collection[str],
+        interval_s: float, grace_ms: int, heartbeat_timeout_ms: int,
+    ) -> None:
+        self._db = db
+        self._broker = broker
+        self._worker_id = worker_id
+        self._served = set(served)
+        self._interval_s = interval_s
+        self._grace_ms = grace_ms
+        self._heartbeat_timeout_ms = heartbeat_timeout_ms
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._sweep_forever(), name="warren-sweeper")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep_once()
+            except Exception:
+                log.exception("sweep failed")
+            await asyncio.sleep(self._interval_s)
+
+    async def sweep_once(self) -> int:
+        """Run one sweep if this worker holds the sweeper lease; return the wake-ups sent."""
+        now = now_ms()
+        ttl_ms = int(self._interval_s * 3000)
+        async with self._db.transaction() as conn:
+            if not await q.take_lease_txn(conn, "sweeper", self._worker_id, now, ttl_ms):
+                return 0
+            pokes = await q.overdue_timers_txn(conn, now, self._grace_ms, _BATCH)
+            pokes += await q.stale_steps_txn(conn, now, self._heartbeat_timeout_ms, _BATCH)
+        async with self._db.reading() as conn:
+            pokes += await q.expired_leases(conn, now, _BATCH)
+            pokes += await q.unstarted_instances(conn, now, self._grace_ms * 5, _BATCH)
+        # Only workflows this worker serves have declared queues here; others are left to
+        # workers that serve them (the lease is per cluster, so serve every workflow on at
+        # least one sweeping worker, or give each group its own namespace).
+        pokes = [p for p in q.unique(pokes) if p[0] in self._served]
+        if pokes:
+            log.info("sweeper re-issued wake-ups", count=len(pokes))
+            await self._broker.publish([
+                OutgoingMessage("internal", workflow, Envelope("wake", instance_id).encode())
+                for workflow, instance_id in pokes
+            ])
+        return len(pokes)

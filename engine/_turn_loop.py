@@ -1,0 +1,188 @@
+"""The turn loop: messages in, instances advanced, decisions committed, messages out.
+
+Deliveries from the workflow queues are grouped into batches (whatever is waiting, up to
+``batch_size``); each batch is one lease statement, one history load, a replay per
+instance, one commit, pipelined publishes, then acks. A message is acked only after the
+turn it triggered has committed (or after it was dead-lettered), so a crash at any point
+means redelivery, and every decision is idempotent on (instance, step key, attempt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import structlog
+
+from broker import Broker, Delivery, Envelope, EnvelopeError, OutgoingMessage
+from engine._clock import now_ms
+from engine._codec import encode_json, error_dict
+from engine._replay import TurnOutcome, replay
+from engine._runner import StepJob, StepRunner
+from engine._store._database import Database
+from engine._store._instances import NewInstance, create_from_message_txn
+from engine._store._turns import acquire_txn, commit_txn
+from sdk._config import check_instance_id
+from sdk._workflow import WorkflowEntrypoint
+from sdk.errors import ValidationError
+
+log = structlog.get_logger("warren.turn")
+
+MAX_MESSAGE_BYTES = 2 * 1024 * 1024
+
+
+@dataclass(slots=True)
+class _Batch:
+    workflow: str
+    deliveries: list[Delivery] = field(default_factory=list)
+    instance_ids: dict[str, None] = field(default_factory=dict)  # ordered set
+
+
+class TurnLoop:
+    """Consumes deliveries for the served workflows and runs turns in batches."""
+
+    def __init__(
+        self, db: Database, broker: Broker, runner: StepRunner,
+        workflows: dict[str, type[WorkflowEntrypoint]], *, worker_id: str,
+        batch_size: int, lease_ms: int, parallelism: int,
+    ) -> None:
+        self._db = db
+        self._broker = broker
+        self._runner = runner
+        self._workflows = workflows
+        self._worker_id = worker_id
+        self._batch_size = batch_size
+        self._lease_ms = lease_ms
+        self._parallelism = parallelism
+        self._queue: asyncio.Queue[tuple[str, Delivery]] = asyncio.Queue()
+        self._tokens = itertools.count(1)
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        self._tasks = [asyncio.create_task(self._process_forever(), name=f"warren-turns-{i}")
+                       for i in range(self._parallelism)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def handler(self, workflow: str) -> Any:
+        async def on_delivery(delivery: Delivery) -> None:
+            self._queue.put_nowait((workflow, delivery))
+        return on_delivery
+
+    async def _process_forever(self) -> None:
+        while True:
+            first = await self._queue.get()
+            items = [first]
+            while len(items) < self._batch_size and not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            batches: dict[str, _Batch] = {}
+            for workflow, delivery in items:
+                batches.setdefault(workflow, _Batch(workflow)).deliveries.append(delivery)
+            for batch in batches.values():
+                try:
+                    await self._process(batch)
+                except Exception:
+                    log.exception("turn batch failed; messages requeued", workflow=batch.workflow)
+                    await asyncio.gather(*(d.nack(requeue=True) for d in batch.deliveries),
+                                         return_exceptions=True)
+                    await asyncio.sleep(0.2)
+
+    async def _process(self, batch: _Batch) -> None:
+        settle_now: list[Delivery] = []
+        kept: list[Delivery] = []
+        for delivery in batch.deliveries:
+            instance_id = await self._admit(batch.workflow, delivery)
+            if instance_id is None:
+                continue
+            batch.instance_ids[instance_id] = None
+            kept.append(delivery)
+        if batch.instance_ids:
+            await self._turns(batch.workflow, list(batch.instance_ids))
+        settle_now.extend(kept)
+        await asyncio.gather(*(d.ack() for d in settle_now))
+
+    async def _admit(self, workflow: str, delivery: Delivery) -> str | None:
+        """Decode a delivery into the instance it concerns; dead-letter what is malformed."""
+        try:
+            if len(delivery.body) > MAX_MESSAGE_BYTES:
+                raise ValidationError(
+                    f"message is {len(delivery.body)} bytes; the limit is {MAX_MESSAGE_BYTES}"
+                )
+            if delivery.exchange == "internal":
+                return Envelope.decode(delivery.body).instance_id
+            if delivery.exchange == "create":
+                return await self._create(workflow, delivery)
+            raise ValidationError(f"{delivery.exchange} messages are not handled yet")
+        except (ValidationError, EnvelopeError, _Duplicate) as exc:
+            log.warning("message rejected", workflow=workflow, exchange=delivery.exchange,
+                        routing_key=delivery.routing_key, reason=str(exc))
+            await delivery.dead_letter(str(exc))
+            return None
+
+    async def _create(self, workflow: str, delivery: Delivery) -> str:
+        try:
+            body = orjson.loads(delivery.body)
+        except orjson.JSONDecodeError as exc:
+            raise ValidationError(f"create message is not JSON: {exc}") from None
+        if not isinstance(body, dict) or not set(body) <= {"id", "params"}:
+            raise ValidationError('create message must be a JSON object {"id"?, "params"?}')
+        token = delivery.message_id or hashlib.sha256(delivery.body).hexdigest()[:32]
+        instance_id = body.get("id") or token
+        check_instance_id(instance_id)
+        params = encode_json(body.get("params"), what="params")
+        async with self._db.transaction() as conn:
+            result = await create_from_message_txn(
+                conn, workflow, NewInstance(instance_id, params, token), now_ms()
+            )
+        if result == "duplicate":
+            raise _Duplicate(f"instance id {instance_id!r} already exists in {workflow!r}")
+        return str(instance_id)
+
+    async def _turns(self, workflow: str, instance_ids: list[str]) -> None:
+        cls = self._workflows[workflow]
+        owner = f"{self._worker_id}:{next(self._tokens)}"
+        now = now_ms()
+        async with self._db.transaction() as conn:
+            leased = await acquire_txn(conn, workflow, instance_ids, owner, now, self._lease_ms)
+        results: list[tuple[Any, TurnOutcome]] = []
+        for snapshot in leased.snapshots:
+            try:
+                outcome = replay(cls, snapshot, now)
+            except Exception as exc:  # a bug in the engine must not wedge the instance
+                log.exception("replay crashed", workflow=workflow, instance=snapshot.instance_id)
+                outcome = TurnOutcome(status="errored", error=error_dict(exc))
+            results.append((snapshot, outcome))
+        if not results:
+            return
+        async with self._db.transaction() as conn:
+            held, again = await commit_txn(conn, owner, results, self._worker_id, now)
+        messages: list[OutgoingMessage] = []
+        for snapshot, outcome in results:
+            if snapshot.pk not in held:
+                continue
+            log.debug("turn", workflow=workflow, instance=snapshot.instance_id,
+                      status=outcome.status, started=len(outcome.attempts))
+            for key, due_ms in outcome.timers_set.items():
+                messages.append(OutgoingMessage(
+                    "internal", workflow, Envelope("wake", snapshot.instance_id).encode(),
+                    delay_ms=max(0, due_ms - now_ms()), message_id=f"{snapshot.pk}:{key}",
+                ))
+            if snapshot.pk in again:
+                messages.append(OutgoingMessage(
+                    "internal", workflow, Envelope("wake", snapshot.instance_id).encode()
+                ))
+            for attempt in outcome.attempts:
+                self._runner.submit(StepJob(workflow, snapshot.instance_id, snapshot.pk, attempt))
+        if messages:
+            await self._broker.publish(messages)
+
+
+class _Duplicate(Exception):
+    """A create message for an id that another creation owns."""

@@ -1,0 +1,191 @@
+"""The client: create instances and follow them, from any Python service.
+
+This is the thin public layer; the work is done by a backend from ``engine`` that talks to
+the broker and the store, imported when a client connects, so that importing ``sdk``
+pulls in nothing of the engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sdk._config import check_instance_id, check_workflow_name
+from sdk.errors import InstanceNotFoundError, LimitExceededError, ValidationError, WarrenError
+
+MAX_BATCH = 100
+FINISHED = frozenset({"complete", "errored", "terminated"})
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceStatus:
+    """An instance's status (API.md §6). ``to_dict()`` gives the JSON form."""
+
+    id: str
+    workflow: str
+    status: str
+    params: Any
+    output: Any
+    error: Mapping[str, Any] | None
+    rollback: Mapping[str, Any] | None
+    created: str | None
+    started: str | None
+    ended: str | None
+    steps: Sequence[Mapping[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> InstanceStatus:
+        return cls(**{k: data.get(k) for k in (
+            "id", "workflow", "status", "params", "output", "error", "rollback",
+            "created", "started", "ended")}, steps=list(data.get("steps") or []))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id, "workflow": self.workflow, "status": self.status,
+            "params": self.params, "output": self.output,
+            "error": None if self.error is None else dict(self.error),
+            "rollback": None if self.rollback is None else dict(self.rollback),
+            "created": self.created, "started": self.started, "ended": self.ended,
+            "steps": [dict(s) for s in self.steps],
+        }
+
+
+class ClientBackend(Protocol):
+    """What a client needs from the engine side (implemented in ``engine``)."""
+
+    async def connect(self) -> None: ...
+    async def close(self) -> None: ...
+    async def create(self, workflow: str, items: Sequence[tuple[str | None, Any]]) -> list[str]: ...
+    async def status(self, workflow: str, instance_id: str) -> dict[str, Any] | None: ...
+
+
+class Instance:
+    """Handle to one instance."""
+
+    def __init__(self, client: Client, workflow: str, instance_id: str) -> None:
+        self._client = client
+        self.workflow = workflow
+        self.id = instance_id
+
+    def __repr__(self) -> str:
+        return f"Instance(workflow={self.workflow!r}, id={self.id!r})"
+
+    async def status(self) -> InstanceStatus:
+        """The current status. Raises :class:`InstanceNotFoundError` if it does not exist."""
+        data = await self._client._backend.status(self.workflow, self.id)
+        if data is None:
+            raise InstanceNotFoundError(f"no instance {self.id!r} in workflow {self.workflow!r}")
+        return InstanceStatus.from_dict(data)
+
+    async def wait_for_status(
+        self, status: str | Iterable[str], *, timeout: float = 30.0
+    ) -> InstanceStatus:
+        """Poll until the status is one of ``status``.
+
+        Raises:
+            TimeoutError: not reached within ``timeout`` seconds.
+            WarrenError: the instance finished in another status (the message says how).
+        """
+        wanted = {status} if isinstance(status, str) else set(status)
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            current = await self.status()
+            if current.status in wanted:
+                return current
+            if current.status in FINISHED:
+                raise WarrenError(
+                    f"instance {self.id!r} ended {current.status!r} (waiting for "
+                    f"{sorted(wanted)}): {current.error}"
+                )
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"instance {self.id!r} still {current.status!r} after {timeout}s "
+                    f"(waiting for {sorted(wanted)})"
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.25)
+
+
+class Workflow:
+    """Handle to one workflow by name."""
+
+    def __init__(self, client: Client, name: str) -> None:
+        self._client = client
+        self.name = check_workflow_name(name)
+
+    async def create(self, params: Any = None, id: str | None = None) -> Instance:
+        """Create an instance durably (stored, then announced on ``warren.create``).
+
+        Raises:
+            InstanceExistsError: an instance with ``id`` exists already.
+            ValidationError: bad id, or params that are not JSON or over 1 MiB.
+        """
+        (created,) = await self.create_batch([{"id": id, "params": params}])
+        return created
+
+    async def create_batch(self, items: Sequence[Mapping[str, Any]]) -> list[Instance]:
+        """Create up to 100 instances at once, all or none: ``[{"id"?, "params"?}, ...]``."""
+        if len(items) > MAX_BATCH:
+            raise LimitExceededError(f"create_batch takes at most {MAX_BATCH} instances")
+        pairs: list[tuple[str | None, Any]] = []
+        for item in items:
+            if not isinstance(item, Mapping) or not set(item) <= {"id", "params"}:
+                raise ValidationError('each batch item must be a dict {"id"?, "params"?}')
+            instance_id = item.get("id")
+            if instance_id is not None:
+                check_instance_id(instance_id)
+            pairs.append((instance_id, item.get("params")))
+        ids = await self._client._backend.create(self.name, pairs)
+        return [Instance(self._client, self.name, i) for i in ids]
+
+    async def get(self, id: str) -> Instance:
+        """The instance with ``id``. Raises :class:`InstanceNotFoundError` if unknown."""
+        instance = Instance(self._client, self.name, check_instance_id(id))
+        await instance.status()
+        return instance
+
+
+class Client:
+    """Entry point for services: ``async with Client.from_env() as client: ...``.
+
+    Args:
+        broker_url: ``amqp://...`` or ``memory://`` (default: ``WARREN_BROKER_URL``).
+        database_url: store URL (default: ``WARREN_DATABASE_URL`` or the SQLite default).
+        namespace: exchange/queue prefix (default: ``WARREN_NAMESPACE`` or ``warren``).
+    """
+
+    def __init__(
+        self, *, broker_url: str | None = None, database_url: str | None = None,
+        namespace: str | None = None,
+    ) -> None:
+        from engine._client_backend import EngineClientBackend  # see module docstring
+
+        self._backend: ClientBackend = EngineClientBackend(
+            broker_url=broker_url, database_url=database_url, namespace=namespace
+        )
+
+    @classmethod
+    def from_env(cls) -> Client:
+        """A client configured from ``WARREN_*`` environment variables."""
+        return cls()
+
+    def workflow(self, name: str) -> Workflow:
+        """A handle to the workflow called ``name``."""
+        return Workflow(self, name)
+
+    async def connect(self) -> None:
+        await self._backend.connect()
+
+    async def close(self) -> None:
+        await self._backend.close()
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

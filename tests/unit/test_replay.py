@@ -1,0 +1,231 @@
+"""Semantics of the replay executor, driven without any service."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timezone
+from typing import Any
+
+import pytest
+
+from sdk import NonRetryableError, StepFailedError, WorkflowEntrypoint, WorkflowEvent, WorkflowStep
+from tests.unit.simulator import Simulation
+
+CALLS: list[str] = []
+
+
+class ThreeSteps(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        a = await step.do("a", lambda: CALLS.append("a") or 1)
+        b = await step.do("b", lambda: CALLS.append("b") or a + 1)
+        c = await step.do("c", lambda: CALLS.append("c") or b + 1)
+        return {"sum": a + b + c}
+
+
+async def test_sequential_steps_run_once_each_and_complete() -> None:
+    CALLS.clear()
+    sim = Simulation(ThreeSteps)
+    outcome = await sim.run()
+    assert outcome.status == "complete"
+    assert outcome.output == {"sum": 6}
+    assert CALLS == ["a", "b", "c"]
+    assert len(sim.turns) == 4  # one turn per step result, plus the first
+
+
+class Flaky(WorkflowEntrypoint):
+    failures = 2
+
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        def body(ctx: Any) -> str:
+            if ctx.attempt <= Flaky.failures:
+                raise RuntimeError(f"boom {ctx.attempt}")
+            return "ok"
+        return await step.do("flaky", body, retries={"limit": 5, "delay": "1 second",
+                                                       "backoff": "exponential"})
+
+
+async def test_retries_follow_exponential_backoff() -> None:
+    sim = Simulation(Flaky)
+    start = sim.now_ms
+    outcome = await sim.run()
+    assert outcome.status == "complete" and outcome.output == "ok"
+    times = [at - start for key, _, at in sim.attempt_log]
+    assert times == [0, 1000, 3000]  # waits of 1 s then 2 s
+    assert sim.steps["flaky#1"].attempt == 3
+
+
+class Linear(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        def fail() -> None:
+            raise RuntimeError("always")
+        try:
+            await step.do("lin", fail, retries={"limit": 3, "delay": 100, "backoff": "linear"})
+        except StepFailedError as exc:
+            return {"caught": exc.error_name, "message": exc.error_message}
+
+
+async def test_exhausted_retries_raise_step_failed_into_run() -> None:
+    sim = Simulation(Linear)
+    start = sim.now_ms
+    outcome = await sim.run()
+    assert outcome.status == "complete"
+    assert outcome.output == {"caught": "RuntimeError", "message": "always"}
+    assert [at - start for _, _, at in sim.attempt_log] == [0, 100_000, 300_000, 600_000]
+
+
+class NoRetry(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        def fail() -> None:
+            raise NonRetryableError("bad input")
+        await step.do("once", fail)
+
+
+async def test_non_retryable_error_stops_at_one_attempt_and_errors_instance() -> None:
+    sim = Simulation(NoRetry)
+    outcome = await sim.run()
+    assert outcome.status == "errored"
+    assert outcome.error == {"name": "NonRetryableError", "message": "bad input"}
+    assert len(sim.attempt_log) == 1
+
+
+class Parallel(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        results = await asyncio.gather(*(step.do(f"p{i}", lambda i=i: i * i) for i in range(10)))
+        return list(results)
+
+
+async def test_gather_starts_all_steps_in_one_turn() -> None:
+    sim = Simulation(Parallel)
+    first = sim.turn()
+    assert len(first.attempts) == 10
+    await sim.run_attempts(first)
+    outcome = await sim.run()
+    assert outcome.output == [i * i for i in range(10)]
+
+
+class Dag(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        @step.do("left")
+        async def left() -> str:
+            CALLS.append("left")
+            return "L"
+
+        @step.do("right")
+        def right() -> str:
+            CALLS.append("right")
+            return "R"
+
+        @step.do("join", depends=[left, right], concurrent=True)
+        async def join(l_result: str, r_result: str) -> str:
+            return l_result + r_result
+
+        @step.do("by-name")
+        async def by_name(left: str) -> str:  # parameter named after a step: its result
+            return left * 2
+
+        return [await join(), await by_name()]
+
+
+async def test_dag_dependencies_passed_in_order_and_run_once() -> None:
+    CALLS.clear()
+    sim = Simulation(Dag)
+    first = sim.turn()
+    assert sorted(a.name for a in first.attempts) == ["left", "right"]  # concurrent deps
+    await sim.run_attempts(first)
+    outcome = await sim.run()
+    assert outcome.output == ["LR", "LL"]
+    assert sorted(CALLS) == ["left", "right"]
+
+
+class Sleeper(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        await step.sleep("nap", "2 seconds")
+        await step.sleep_until("until", datetime.fromtimestamp(1_700_000_100, tz=timezone.utc))
+        return "rested"
+
+
+async def test_sleeps_wake_no_earlier_than_due() -> None:
+    sim = Simulation(Sleeper)
+    start = sim.now_ms
+    first = sim.turn()
+    assert first.status == "waiting" and first.timers_set == {"nap#1": start + 2000}
+    sim.now_ms = start + 1999
+    early = sim.turn()
+    assert early.status == "waiting" and not early.timers_set
+    outcome = await sim.run()
+    assert outcome.status == "complete"
+    assert sim.now_ms == 1_700_000_100_000
+
+
+class Diverges(WorkflowEntrypoint):
+    version = 1
+
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        await step.do("first", lambda: 1)
+        if Diverges.version == 1:
+            await step.do("second", lambda: 2)
+        else:
+            await step.sleep("second", 5)
+        return "done"
+
+
+async def test_changed_code_fails_with_non_determinism_naming_the_step() -> None:
+    Diverges.version = 1
+    sim = Simulation(Diverges)
+    await sim.run_attempts(sim.turn())
+    sim.turn()  # "second" is now in history as a do step
+    Diverges.version = 2
+    outcome = sim.turn()
+    assert outcome.status == "errored"
+    assert outcome.error is not None and outcome.error["name"] == "NonDeterminismError"
+    assert "'second'" in outcome.error["message"]
+
+
+class UsesAsyncioSleep(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        await asyncio.sleep(1)
+
+
+async def test_real_time_in_run_is_a_clear_error_not_a_hang() -> None:
+    outcome = Simulation(UsesAsyncioSleep).turn()
+    assert outcome.status == "errored"
+    assert "step.sleep" in (outcome.error or {})["message"]
+
+
+class Race(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        slow = step.sleep("slow", 10)
+        fast = step.sleep("fast", 5)
+        done, _ = await asyncio.wait([asyncio.ensure_future(slow), asyncio.ensure_future(fast)],
+                                     return_when=asyncio.FIRST_COMPLETED)
+        return "fast" if asyncio.ensure_future(fast) in done else "slow"
+
+
+async def test_race_replays_the_same_branch_after_both_complete() -> None:
+    sim = Simulation(Race)
+    sim.turn()
+    sim.now_ms += 5000
+    assert sim.turn().output == "fast"
+    sim.now_ms += 10_000  # the loser has fired too by a later replay: still the same branch
+    assert sim.turn().output == "fast"
+
+
+class BadOutput(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        return await step.do("obj", lambda: object())
+
+
+async def test_non_json_step_output_fails_the_step_without_retries() -> None:
+    sim = Simulation(BadOutput)
+    outcome = await sim.run()
+    assert outcome.status == "errored"
+    assert "JSON" in (outcome.error or {})["message"]
+    assert len(sim.attempt_log) == 1
+
+
+@pytest.mark.parametrize("bad", ["10 lightyears", -1, "soon", float("nan")])
+async def test_bad_durations_are_clear_value_errors(bad: Any) -> None:
+    from sdk import parse_duration
+
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(bad)
