@@ -384,3 +384,7 @@ async def rabbit_url() -> AsyncIterator[str]:
     finally:
         if created:
             await _delete_vhost(vhost)
+
+
+# Stack fixtures (which broker + store a test runs on) live beside their Stack class.
+from tests.stacks import real_stack, stack  # noqa: E402, F401

@@ -21,7 +21,7 @@ from sdk import (
     WorkflowStep,
 )
 from tests.helpers import eventually
-from tests.integration.conftest import Stack
+from tests.stacks import Stack
 
 RUNS: Counter[str] = Counter()
 

@@ -1,4 +1,4 @@
-"""The engine integration suite runs on every stack: RabbitMQ + PostgreSQL and the embedded
+"""Stacks under test. The engine integration suite runs on every stack: RabbitMQ + PostgreSQL and the embedded
 broker + SQLite, so the two cannot drift apart."""
 
 from __future__ import annotations

@@ -1,0 +1,498 @@
+"""The Broker contract, run against MemoryBroker and RabbitBroker alike.
+
+To show that a message did *not* reach a queue without sleeping, tests publish the unwanted
+message first and a wanted one after it (each publish is confirmed before the next): queues are
+FIFO, so if the unwanted one had been routed it would arrive first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from broker import (
+    ORIGIN_EXCHANGE_HEADER,
+    ORIGIN_ROUTING_KEY_HEADER,
+    REASON_HEADER,
+    Broker,
+    Delivery,
+    OutgoingMessage,
+    PublishError,
+    broker_from_url,
+)
+from broker.memory import MemoryBroker
+from broker.rabbitmq import RabbitBroker
+
+from .conftest import BrokerFactory
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def new_workflow() -> str:
+    return f"wf{uuid.uuid4().hex[:8]}"
+
+
+def create(workflow: str, body: bytes = b"{}", **kwargs: Any) -> OutgoingMessage:
+    return OutgoingMessage("create", workflow, body, **kwargs)
+
+
+async def eventually(condition: Callable[[], bool], within_s: float = 10.0) -> None:
+    """Wait until ``condition()`` holds, polling; fail after ``within_s`` seconds."""
+    async with asyncio.timeout(within_s):
+        while True:
+            if condition():
+                return
+            await asyncio.sleep(0.005)
+
+
+class Inbox:
+    """A consumer handler that records deliveries (with arrival time) and settles as told."""
+
+    def __init__(self, settle: str | None = "ack") -> None:
+        self.settle = settle
+        self.deliveries: list[Delivery] = []
+        self.arrivals: list[float] = []
+
+    async def __call__(self, delivery: Delivery) -> None:
+        self.arrivals.append(time.monotonic())
+        self.deliveries.append(delivery)
+        if self.settle == "ack":
+            await delivery.ack()
+
+    @property
+    def bodies(self) -> list[bytes]:
+        return [d.body for d in self.deliveries]
+
+    async def wait(self, count: int, within_s: float = 10.0) -> None:
+        await eventually(lambda: len(self.deliveries) >= count, within_s)
+
+
+# -- publish, consume, settle ------------------------------------------------------------------
+
+
+async def test_publish_consume_ack(broker: Broker) -> None:
+    wf = new_workflow()
+    await broker.declare_workflow(wf)
+    await broker.declare_workflow(wf)  # idempotent
+    await broker.publish(
+        [create(wf, b'{"params": 1}', message_id="m1", headers={"x-trace": "t1", "n": 3})]
+    )
+    inbox = Inbox()
+    consumer = await broker.consume(wf, inbox, prefetch=10)
+    await inbox.wait(1)
+    delivery = inbox.deliveries[0]
+    assert delivery.body == b'{"params": 1}'
+    assert (delivery.exchange, delivery.routing_key) == ("create", wf)
+    assert delivery.message_id == "m1"
+    assert delivery.headers["x-trace"] == "t1" and delivery.headers["n"] == 3
+    assert not delivery.redelivered
+    await consumer.cancel()
+    await consumer.cancel()  # idempotent
+    assert await broker.queue_depth(wf) == 0  # type: ignore[attr-defined]
+
+
+async def test_batch_is_delivered_in_order(broker: Broker) -> None:
+    wf = new_workflow()
+    await broker.declare_workflow(wf)
+    await broker.publish([create(wf, str(i).encode()) for i in range(50)])
+    inbox = Inbox()
+    await broker.consume(wf, inbox, prefetch=1)
+    await inbox.wait(50)
+    assert inbox.bodies == [str(i).encode() for i in range(50)]
+
+
+async def test_nack_requeue_redelivers(broker: Broker) -> None:
+    wf = new_workflow()
+    await broker.declare_workflow(wf)
+    seen: list[Delivery] = []
+
+    async def handler(delivery: Delivery) -> None:
+        seen.append(delivery)
+        if len(seen) == 1:
+            await delivery.nack(requeue=True)
+        else:
+            await delivery.ack()
+
+    await broker.publish([create(wf, b"x", message_id="only")])
+    await broker.consume(wf, handler, prefetch=5)
+    await eventually(lambda: len(seen) >= 2)
+    assert [d.redelivered for d in seen] == [False, True]
+    assert {d.message_id for d in seen} == {"only"}
+
+
+async def test_handler_exception_requeues(broker: Broker) -> None:
+    wf = new_workflow()
+    await broker.declare_workflow(wf)
+    seen: list[Delivery] = []
+
+    async def handler(delivery: Delivery) -> None:
+        seen.append(delivery)
+        if len(seen) == 1:
+            raise RuntimeError("boom")
+        await delivery.ack()
+
+    await broker.publish([create(wf, b"x")])
+    await broker.consume(wf, handler, prefetch=5)
+    await eventually(lambda: len(seen) >= 2)
+    assert seen[1].redelivered and seen[1].body == b"x"
+
+
+async def test_settling_twice_raises(broker: Broker) -> None:
+    wf = new_workflow()
+    await broker.declare_workflow(wf)
+    await broker.publish([create(wf)])
+    inbox = Inbox(settle=None)
+    await broker.consume(wf, inbox, prefetch=5)
+    await inbox.wait(1)
+    await inbox.deliveries[0].ack()
+    with pytest.raises(RuntimeError):
+        await inbox.deliveries[0].ack()
+
+
+async def test_unacked_redelivered_after_cancel(broker: Broker) -> None:
+    wf = new_workflow()
+    await broker.declare_workflow(wf)
+    await broker.publish([create(wf, str(i).encode()) for i in range(3)])
+    holder = Inbox(settle=None)
+    consumer = await broker.consume(wf, holder, prefetch=10)
+    await holder.wait(3)
+    await consumer.cancel()
+    await holder.deliveries[0].ack()  # too late: a no-op, the message went back
+    inbox = Inbox()
+    await broker.consume(wf, inbox, prefetch=10)
+    await inbox.wait(3)
+    assert sorted(inbox.bodies) == [b"0", b"1", b"2"]
+    assert all(d.redelivered for d in inbox.deliveries)
+
+
+async def test_unacked_redelivered_after_connection_closed(make_broker: BrokerFactory) -> None:
+    first, second = await make_broker(), await make_broker()
+    wf = new_workflow()
+    await first.declare_workflow(wf)
+    await first.publish([create(wf, b"a"), create(wf, b"b")])
+    holder = Inbox(settle=None)
+    await first.consume(wf, holder, prefetch=10)
+    await holder.wait(2)
+    await first.close()
+    await first.close()  # idempotent
+    inbox = Inbox()
+    await second.consume(wf, inbox, prefetch=10)
+    await inbox.wait(2)
+    assert sorted(inbox.bodies) == [b"a", b"b"]
+    assert all(d.redelivered for d in inbox.deliveries)
+
+
+async def test_prefetch_bounds_unsettled(broker: Broker) -> None:
+    wf = new_workflow()
+    await broker.declare_workflow(wf)
+    await broker.publish([create(wf, str(i).encode()) for i in range(10)])
+    inbox = Inbox(settle=None)
+    await broker.consume(wf, inbox, prefetch=3)
+    await inbox.wait(3)
+    # The other 7 are still ready in the queue, not buffered in the client.
+    assert await broker.queue_depth(wf) == 7  # type: ignore[attr-defined]
+    most_unsettled = 0
+    for settled in range(10):
+        await inbox.wait(settled + 1)
+        most_unsettled = max(most_unsettled, len(inbox.deliveries) - settled)
+        await inbox.deliveries[settled].ack()
+    assert most_unsettled == 3
+    assert inbox.bodies == [str(i).encode() for i in range(10)]
+
+
+# -- routing ----------------------------------------------------------------------------------
+
+
+async def test_create_routes_by_workflow_name(broker: Broker) -> None:
+    wanted, other = new_workflow(), new_workflow()
+    for wf in (wanted, other):
+        await broker.declare_workflow(wf)
+    await broker.publish([create(other, b"other")])
+    await broker.publish([create(wanted, b"wanted")])
+    inbox = Inbox()
+    await broker.consume(wanted, inbox, prefetch=10)
+    await inbox.wait(1)
+    assert inbox.bodies == [b"wanted"]
+    assert await broker.queue_depth(other) == 1  # type: ignore[attr-defined]
+
+
+async def test_events_route_to_their_workflow_only(broker: Broker) -> None:
+    wanted = new_workflow()
+    other = wanted + "x"  # shares a prefix: "<wanted>.#" must still not match it
+    for wf in (wanted, other):
+        await broker.declare_workflow(wf)
+    await broker.publish([OutgoingMessage("events", f"{other}.i1.approval", b"other")])
+    await broker.publish(
+        [OutgoingMessage("events", f"{wanted}.i1.approval", b"wanted", message_id="e1")]
+    )
+    inbox = Inbox()
+    await broker.consume(wanted, inbox, prefetch=10)
+    await inbox.wait(1)
+    assert inbox.bodies == [b"wanted"]
+    delivery = inbox.deliveries[0]
+    assert (delivery.exchange, delivery.routing_key) == ("events", f"{wanted}.i1.approval")
+    assert delivery.message_id == "e1"
+
+
+async def test_internal_routes_by_workflow_name(broker: Broker) -> None:
+    wf = new_workflow()
+    await broker.declare_workflow(wf)
+    await broker.publish([OutgoingMessage("internal", wf, b"wake")])
+    inbox = Inbox()
+    await broker.consume(wf, inbox, prefetch=10)
+    await inbox.wait(1)
+    assert (inbox.deliveries[0].exchange, inbox.deliveries[0].routing_key) == ("internal", wf)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        OutgoingMessage("create", "nosuchworkflow", b"{}"),
+        OutgoingMessage("events", "nosuchworkflow.i1.approval", b"{}"),
+        OutgoingMessage("internal", "nosuchworkflow", b"{}"),
+    ],
+    ids=["create", "events", "internal"],
+)
+async def test_unroutable_publish_raises(broker: Broker, message: OutgoingMessage) -> None:
+    with pytest.raises(PublishError):
+        await broker.publish([message])
+
+
+async def test_batch_with_unroutable_message_raises_but_delivers_the_rest(broker: Broker) -> None:
+    wf = new_workflow()
+    await broker.declare_workflow(wf)
+    with pytest.raises(PublishError):
+        await broker.publish([create(wf, b"ok"), create("nosuchworkflow", b"lost")])
+    inbox = Inbox()
+    await broker.consume(wf, inbox, prefetch=10)
+    await inbox.wait(1)
+    assert inbox.bodies == [b"ok"]
+
+
+async def test_lifecycle_without_subscribers_is_not_an_error(broker: Broker) -> None:
+    await broker.publish([OutgoingMessage("lifecycle", "wf.i1.instance.complete", b"{}")])
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        OutgoingMessage("create", "wf", b"{}", delay_ms=10),
+        OutgoingMessage("events", "wf.i.e", b"{}", delay_ms=10),
+        OutgoingMessage("internal", "wf", b"{}", delay_ms=-1),
+    ],
+    ids=["create", "events", "negative"],
+)
+async def test_invalid_delay_is_a_value_error(broker: Broker, message: OutgoingMessage) -> None:
+    with pytest.raises(ValueError):
+        await broker.publish([message])
+
+
+async def test_namespaces_are_isolated(make_broker: BrokerFactory) -> None:
+    one = await make_broker(f"ns{uuid.uuid4().hex[:8]}")
+    two = await make_broker(f"ns{uuid.uuid4().hex[:8]}")
+    wf = "shared"
+    for broker in (one, two):
+        await broker.declare_workflow(wf)
+    await one.publish([create(wf, b"one")])
+    await two.publish([create(wf, b"two")])
+    inbox_two, inbox_one = Inbox(), Inbox()
+    await two.consume(wf, inbox_two, prefetch=10)
+    await one.consume(wf, inbox_one, prefetch=10)
+    await inbox_two.wait(1)
+    await inbox_one.wait(1)
+    assert inbox_two.bodies == [b"two"]
+    assert inbox_one.bodies == [b"one"]
+
+
+# -- dead letters -----------------------------------------------------------------------------
+
+
+async def test_dead_letter_keeps_message_and_reason(broker: Broker) -> None:
+    wf = new_workflow()
+    await broker.declare_workflow(wf)
+
+    async def handler(delivery: Delivery) -> None:
+        if delivery.body == b"bad":
+            await delivery.dead_letter("body is not JSON")
+        else:
+            await delivery.ack()
+
+    await broker.publish(
+        [create(wf, b"bad", message_id="b1", headers={"x-trace": "t"}), create(wf, b"1")]
+    )
+    await broker.publish([create(wf, b"2")])
+    seen: list[bytes] = []
+
+    async def recording(delivery: Delivery) -> None:
+        seen.append(delivery.body)
+        await handler(delivery)
+
+    # prefetch=1: the messages behind the bad one get through only if it left the queue.
+    consumer = await broker.consume(wf, recording, prefetch=1)
+    await eventually(lambda: len(seen) >= 3)
+    assert seen == [b"bad", b"1", b"2"]
+    dead = await broker.get_dead(timeout_s=10)  # type: ignore[attr-defined]
+    assert dead is not None
+    assert dead.body == b"bad" and dead.message_id == "b1"
+    assert dead.headers[REASON_HEADER] == "body is not JSON"
+    assert dead.headers[ORIGIN_EXCHANGE_HEADER] == "create"
+    assert dead.headers[ORIGIN_ROUTING_KEY_HEADER] == wf
+    assert dead.headers["x-trace"] == "t"
+    await consumer.cancel()
+    assert await broker.queue_depth(wf) == 0  # type: ignore[attr-defined]
+    assert await broker.get_dead(timeout_s=0.1) is None  # type: ignore[attr-defined]
+
+
+async def test_nack_without_requeue_dead_letters(broker: Broker) -> None:
+    wf = new_workflow()
+    await broker.declare_workflow(wf)
+    await broker.publish([create(wf, b"rejected")])
+
+    async def handler(delivery: Delivery) -> None:
+        await delivery.nack(requeue=False)
+
+    await broker.consume(wf, handler, prefetch=1)
+    dead = await broker.get_dead(timeout_s=10)  # type: ignore[attr-defined]
+    assert dead is not None and dead.body == b"rejected"
+    assert dead.exchange == "dead"
+    assert "x-death" not in dead.headers
+
+
+# -- delays -----------------------------------------------------------------------------------
+
+
+async def test_delayed_messages_never_arrive_early(broker: Broker) -> None:
+    wf = new_workflow()
+    await broker.declare_workflow(wf)
+    rng = random.Random(7)
+    delays = {f"m{i}": rng.randint(0, 3000) for i in range(30)}
+    inbox = Inbox()
+    await broker.consume(wf, inbox, prefetch=50)
+    published_at = time.monotonic()
+    await broker.publish(
+        [
+            OutgoingMessage("internal", wf, b"{}", delay_ms=d, message_id=m, headers={"k": m})
+            for m, d in delays.items()
+        ]
+    )
+    await inbox.wait(len(delays), within_s=20)
+    lateness_ms = []
+    for delivery, arrived in zip(inbox.deliveries, inbox.arrivals, strict=True):
+        assert delivery.message_id is not None
+        lateness_ms.append((arrived - published_at) * 1000 - delays[delivery.message_id])
+        assert (delivery.exchange, delivery.routing_key) == ("internal", wf)
+        assert delivery.headers == {"k": delivery.message_id}  # no x-death or internals
+    early = [late for late in lateness_ms if late < -1e-3]
+    print(
+        f"\n[{type(broker).__name__}] lateness ms: p50={statistics.median(lateness_ms):.1f} "
+        f"max={max(lateness_ms):.1f} early={len(early)}"
+    )
+    assert early == []
+
+
+async def test_delays_arrive_in_due_order(broker: Broker) -> None:
+    wf = new_workflow()
+    await broker.declare_workflow(wf)
+    inbox = Inbox()
+    await broker.consume(wf, inbox, prefetch=10)
+    await broker.publish(
+        [OutgoingMessage("internal", wf, str(d).encode(), delay_ms=d) for d in (1200, 400, 0, 800)]
+    )
+    await inbox.wait(4)
+    assert inbox.bodies == [b"0", b"400", b"800", b"1200"]
+
+
+async def test_delay_longer_than_topology_maximum_is_chained(make_broker: BrokerFactory) -> None:
+    # 4 levels: at most 15 ms per pass, so 120 ms takes several passes.
+    broker = await make_broker(f"short{uuid.uuid4().hex[:8]}", max_delay_levels=4)
+    wf = new_workflow()
+    await broker.declare_workflow(wf)
+    inbox = Inbox()
+    await broker.consume(wf, inbox, prefetch=10)
+    published_at = time.monotonic()
+    await broker.publish([OutgoingMessage("internal", wf, b"late", delay_ms=120)])
+    await inbox.wait(1)
+    assert inbox.arrivals[0] - published_at >= 0.120
+    assert inbox.deliveries[0].headers == {}
+
+
+# -- subscriptions ----------------------------------------------------------------------------
+
+
+async def test_subscribe_receives_matching_lifecycle_messages(broker: Broker) -> None:
+    wf = new_workflow()
+    subscription: Any = broker.subscribe("lifecycle", f"{wf}.*.instance.#")
+    async with subscription:
+        await broker.publish(
+            [
+                OutgoingMessage("lifecycle", "other.i1.instance.complete", b"other"),
+                OutgoingMessage("lifecycle", f"{wf}.i1.step.failed", b"step"),
+                OutgoingMessage("lifecycle", f"{wf}.i1.progress", b"progress"),
+            ]
+        )
+        await broker.publish([OutgoingMessage("lifecycle", f"{wf}.i1.instance.complete", b"ok")])
+        delivery = await asyncio.wait_for(anext(subscription), 10)
+        assert delivery.body == b"ok"
+        assert (delivery.exchange, delivery.routing_key) == (
+            "lifecycle",
+            f"{wf}.i1.instance.complete",
+        )
+        await delivery.ack()  # allowed, and a no-op
+
+
+async def test_subscribe_star_matches_exactly_one_word(broker: Broker) -> None:
+    wf = new_workflow()
+    subscription: Any = broker.subscribe("lifecycle", f"{wf}.*.progress")
+    async with subscription:
+        await broker.publish(
+            [
+                OutgoingMessage("lifecycle", f"{wf}.progress", b"none"),
+                OutgoingMessage("lifecycle", f"{wf}.i1.x.progress", b"two"),
+            ]
+        )
+        await broker.publish([OutgoingMessage("lifecycle", f"{wf}.i1.progress", b"one")])
+        delivery = await asyncio.wait_for(anext(subscription), 10)
+        assert delivery.body == b"one"
+
+
+async def test_subscription_ends_on_close(broker: Broker) -> None:
+    subscription: Any = broker.subscribe("lifecycle", "#")
+    await subscription.start()
+    await broker.close()
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.wait_for(anext(subscription), 10)
+
+
+# -- construction (not parametrized) ----------------------------------------------------------
+
+
+def test_factory_picks_the_implementation() -> None:
+    assert isinstance(broker_from_url(None), MemoryBroker)
+    assert isinstance(broker_from_url("memory://"), MemoryBroker)
+    assert isinstance(broker_from_url("amqp://guest:guest@localhost/"), RabbitBroker)
+    assert isinstance(broker_from_url("amqps://u:p@example.com/vh", "ns"), RabbitBroker)
+    with pytest.raises(ValueError, match="redis"):
+        broker_from_url("redis://localhost")
+
+
+async def test_shared_memory_brokers_see_the_same_queues() -> None:
+    name = f"shared-{uuid.uuid4().hex}"
+    client, worker = broker_from_url(f"memory://{name}"), broker_from_url(f"memory://{name}")
+    async with client, worker:
+        await worker.declare_workflow("wf")
+        await client.publish([create("wf", b"hello")])
+        inbox = Inbox()
+        await worker.consume("wf", inbox, prefetch=1)
+        await inbox.wait(1)
+        assert inbox.bodies == [b"hello"]
+    other = broker_from_url(f"memory://{name}-other")
+    async with other:
+        with pytest.raises(PublishError):
+            await other.publish([create("wf")])

@@ -1,0 +1,114 @@
+"""Crash recovery and exactly-once step bodies with real worker processes (kill -9)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import asyncpg
+
+from tests.helpers import asyncpg_dsn, eventually
+from tests.stacks import Stack
+
+WORKFLOWS = str(Path(__file__).with_name("workflows.py"))
+
+
+@contextmanager
+def worker_processes(
+    stack: Stack, effects: Path, count: int = 1, log: Path | None = None
+) -> Iterator[list[subprocess.Popen[bytes]]]:
+    env = {**os.environ, **stack.env, "WARREN_TEST_EFFECTS": str(effects),
+           "WARREN_HEARTBEAT_TIMEOUT": "2", "WARREN_SWEEP_INTERVAL": "0.2",
+           "WARREN_LOG_LEVEL": "INFO" if log else "WARNING"}
+    stderr = log.open("ab") if log else None
+    procs = [subprocess.Popen([sys.executable, "-m", "engine._cli", "worker", WORKFLOWS],
+                              env=env, stderr=stderr)
+             for _ in range(count)]
+    try:
+        yield procs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def effects_of(path: Path) -> list[tuple[str, str, int, str]]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        instance, step, attempt, phase = line.split(":")
+        rows.append((instance, step, int(attempt), phase))
+    return rows
+
+
+async def test_kill_9_mid_step_second_worker_finishes(real_stack: Stack, tmp_path: Path) -> None:
+    effects = tmp_path / "effects.log"
+    async with real_stack.client() as client:
+        with worker_processes(real_stack, effects) as (first,):
+            inst = await client.workflow("crashy").create(id="crash-1")
+            await eventually(lambda: ("crash-1", "s2", 1, "start") in effects_of(effects),
+                             timeout=30, message="s2 attempt 1 started")
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+        with worker_processes(real_stack, effects):
+            st = await inst.wait_for_status("complete", timeout=60)
+    ran = Counter((step, attempt, phase) for _, step, attempt, phase in effects_of(effects))
+    assert st.output == ["one", "two", "three"]
+    assert ran[("s1", 1, "done")] == 1 and ran[("s3", 1, "done")] == 1  # never twice
+    assert ran[("s2", 1, "start")] == 1 and ran[("s2", 1, "done")] == 0  # killed mid-step
+    assert ran[("s2", 2, "done")] == 1  # re-run as a new attempt
+    s2 = st.steps[1]
+    assert [a["success"] for a in s2["attempts"]] == [False, True]
+    assert s2["attempts"][0]["error"]["name"] == "WorkerLostError"
+
+
+async def test_three_workers_run_every_step_body_exactly_once(
+    real_stack: Stack, tmp_path: Path
+) -> None:
+    effects = tmp_path / "effects.log"
+    async with real_stack.client() as client:
+        wf = client.workflow("five-steps")
+        with worker_processes(real_stack, effects, count=3):
+            ids: list[str] = []
+            for _ in range(2):
+                ids += [i.id for i in await wf.create_batch([{"params": {}}] * 100)]
+            dsn = asyncpg_dsn(real_stack.database_url)
+
+            async def all_complete() -> bool:
+                conn = await asyncpg.connect(dsn)
+                try:
+                    done = await conn.fetchval(
+                        "SELECT count(*) FROM warren_instances "
+                        "WHERE workflow = 'five-steps' AND status = 'complete'")
+                finally:
+                    await conn.close()
+                return bool(done == 200)
+
+            await eventually(all_complete, timeout=120, interval=0.5,
+                             message="200 instances complete")
+    ran = Counter((instance, step) for instance, step, _, _ in effects_of(effects))
+    assert len(ran) == 200 * 5
+    assert set(ran.values()) == {1}, [k for k, v in ran.items() if v != 1][:5]
+    assert {i for i, _ in ran} == set(ids)
+
+
+async def test_sigterm_stops_a_worker_cleanly(real_stack: Stack, tmp_path: Path) -> None:
+    log = tmp_path / "worker.log"
+    with worker_processes(real_stack, tmp_path / "e.log", log=log) as (proc,):
+        await eventually(lambda: "worker started" in log.read_text(), timeout=20)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    assert "worker stopped" in log.read_text()
