@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
 
-from broker import Broker, OutgoingMessage, broker_from_url
+from broker import Broker, Envelope, OutgoingMessage, broker_from_url
+from engine._history import FINISHED_STATUSES
+from engine._lifecycle import lifecycle_message
+from engine._store._control import control_txn
 from engine._clock import now_ms
 from engine._codec import encode_json
 from engine._settings import Settings
 from engine._store._database import Database
-from engine._store._instances import NewInstance, create_instances_txn, instance_status
+from engine._store._instances import (
+    NewInstance,
+    create_instances_txn,
+    instance_state,
+    instance_status,
+    list_instances,
+    workflow_names,
+)
+from sdk.errors import InstanceNotFoundError, InvalidTransitionError, ValidationError
 
 
 class EngineClientBackend:
@@ -60,12 +72,12 @@ class EngineClientBackend:
         # Stored first, so the id is taken and status() works at once; the create message
         # then starts it (if it were lost, the sweeper starts queued instances).
         await self._broker.publish([
-            OutgoingMessage(
+            *(OutgoingMessage(
                 "create", workflow,
                 orjson.dumps({"id": n.instance_id, "params": orjson.Fragment(n.params)}),
                 message_id=n.token,
-            )
-            for n in new
+            ) for n in new),
+            *(lifecycle_message(workflow, n.instance_id, "instance.queued", {}) for n in new),
         ])
         return [n.instance_id for n in new]
 
@@ -73,3 +85,81 @@ class EngineClientBackend:
         await self.connect()
         async with self._db.reading() as conn:
             return await instance_status(conn, workflow, instance_id)
+
+    async def send_event(
+        self, workflow: str, instance_id: str, event_type: str, payload: Any,
+        message_id: str | None,
+    ) -> None:
+        await self.connect()
+        body = encode_json(payload, what="event payload").encode()
+        async with self._db.reading() as conn:
+            status = await instance_state(conn, workflow, instance_id)
+        if status is None:
+            raise InstanceNotFoundError(f"no instance {instance_id!r} in workflow {workflow!r}")
+        if status in FINISHED_STATUSES:
+            raise InvalidTransitionError(
+                f"instance {instance_id!r} is {status}; it takes no more events")
+        # The same path as a webhook relay: the worker stores it (once per message id).
+        await self._broker.publish([OutgoingMessage(
+            "events", f"{workflow}.{instance_id}.{event_type}", body,
+            message_id=message_id or uuid.uuid4().hex)])
+
+    async def control(
+        self, workflow: str, instance_id: str, op: str, *,
+        from_step: tuple[str, int] | None = None, rollback: bool = False,
+    ) -> None:
+        await self.connect()
+        async with self._db.transaction() as conn:
+            needed = await control_txn(conn, workflow, instance_id, op, from_step, rollback)
+        if needed:
+            await self._poke(workflow, instance_id)
+
+    async def _poke(self, workflow: str, instance_id: str) -> None:
+        if workflow not in self._declared:
+            await self._broker.declare_workflow(workflow)
+            self._declared.add(workflow)
+        await self._broker.publish([OutgoingMessage(
+            "internal", workflow, Envelope("control", instance_id).encode())])
+
+    async def list(
+        self, workflow: str, status: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        await self.connect()
+        after = _decode_cursor(cursor)
+        async with self._db.reading() as conn:
+            rows = await list_instances(conn, workflow, status, limit + 1, after)
+        page, more = rows[:limit], len(rows) > limit
+        next_cursor = _encode_cursor(page[-1]["pk"]) if more and page else None
+        for row in page:
+            row.pop("pk")
+        return page, next_cursor
+
+    async def workflows(self) -> list[str]:
+        await self.connect()
+        async with self._db.reading() as conn:
+            return await workflow_names(conn)
+
+    async def subscribe(
+        self, workflow: str | None, instance_id: str | None
+    ) -> AsyncIterator[dict[str, Any]]:
+        await self.connect()
+        key = f"{workflow or '*'}.{instance_id or '*'}.#"
+        async for delivery in self._broker.subscribe("lifecycle", key):
+            yield orjson.loads(delivery.body)
+
+
+def _encode_cursor(pk: int) -> str:
+    return base64.urlsafe_b64encode(f"pk:{pk}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str | None) -> int | None:
+    if cursor is None:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        kind, value = text.split(":", 1)
+        if kind != "pk":
+            raise ValueError(kind)
+        return int(value)
+    except (ValueError, UnicodeDecodeError):
+        raise ValidationError(f"invalid cursor {cursor!r}") from None

@@ -49,6 +49,16 @@ class StepRecord:
         return self.completed_seq is not None
 
 
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    """An event sent to the instance that no wait has consumed yet."""
+
+    pk: int
+    type: str
+    payload: Any
+    received_at_ms: int
+
+
 @dataclass(slots=True)
 class InstanceSnapshot:
     """What a turn knows of an instance besides its steps."""
@@ -61,4 +71,7 @@ class InstanceSnapshot:
     created_at_ms: int
     fence: int
     started_at_ms: int | None = None
+    paused: bool = False
+    control: dict[str, Any] | None = None
     steps: list[StepRecord] = field(default_factory=list)
+    events: list[PendingEvent] = field(default_factory=list)

@@ -10,6 +10,7 @@ saw them, so races (``asyncio.wait(..., FIRST_COMPLETED)``) replay the same way.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from typing import Any
 from engine import _history as h
 from engine._codec import error_dict, validate_json_value
 from engine._replay_loop import ReplayLoop
-from sdk._config import MAX_SLEEP, StepConfig
+from sdk._config import MAX_SLEEP, StepConfig, check_event_type
 from sdk._durations import Duration, duration_ms, parse_duration
 from sdk._workflow import (
     ReceivedEvent,
@@ -37,6 +38,7 @@ from sdk.errors import (
     StepFailedError,
     ValidationError,
     WarrenError,
+    WorkflowTimeoutError,
 )
 
 MAX_STEPS_PER_INSTANCE = 10_000
@@ -61,6 +63,7 @@ class AttemptStart:
     attempt: int
     fn: StepBody
     config: StepConfig
+    token: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
 
 
 @dataclass(slots=True)
@@ -76,6 +79,8 @@ class TurnOutcome:
     output: Any = None
     error: dict[str, Any] | None = None
     progress: list[Any] = field(default_factory=list)
+    events_consumed: list[tuple[int, str]] = field(default_factory=list)
+    step_events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -94,6 +99,7 @@ class _Call:
     rollback: RollbackHandler | None = None
     rollback_config: StepConfig | None = None
     wake_at_ms: int | None = None
+    event_type: str | None = None
 
 
 class _ReplayStep(WorkflowStep):
@@ -138,10 +144,19 @@ class _ReplayStep(WorkflowStep):
     def wait_for_event(
         self, name: str, event_type: str, *, timeout: Duration = timedelta(hours=24)
     ) -> asyncio.Future[ReceivedEvent]:
-        raise NotImplementedError("wait_for_event arrives with the events issue")
+        check_event_type(event_type)
+        limit = parse_duration(timeout)
+        if limit > MAX_SLEEP:
+            raise LimitExceededError(
+                f"wait_for_event {name!r}: timeout {limit} exceeds the limit of 365 days")
+        call = self._replay.call(h.WAIT_FOR_EVENT, name)
+        call.event_type = event_type
+        call.wake_at_ms = self._replay.now_ms + duration_ms(limit)
+        return call.future
 
     def report_progress(self, data: Any) -> None:
-        self._replay.outcome.progress.append(data)
+        validate_json_value(data, what="progress")
+        self._replay.progress(data)
 
 
 class _Replay:
@@ -161,6 +176,16 @@ class _Replay:
         self._next_completed = 1 + max((r.completed_seq or 0 for r in instance.steps), default=0)
         self._next_start = 1 + max((r.start_seq for r in instance.steps), default=0)
         self._divergence: NonDeterminismError | None = None
+        self._available_events = list(instance.events)
+        self._paused = instance.paused
+        # Progress reported while re-running code that an earlier turn already ran was
+        # published then; only code running past a new outcome (or a first turn) is new.
+        self._first_new_seq = self._next_completed
+        self._live = not instance.steps
+
+    def progress(self, data: Any) -> None:
+        if self._live:
+            self.outcome.progress.append(data)
 
     # -- called from run() through _ReplayStep ------------------------------------------
     def call(self, kind: str, name: str) -> _Call:
@@ -200,21 +225,30 @@ class _Replay:
             key=lambda r: r.completed_seq or 0,
         ):
             self._resolve(record)
+        self._live = True
         self._schedule_retries(retry_waits)
         self._start_due_attempts()
         self._decide_new_calls()
         self._decide_status(task)
-        self.outcome.updated = [r for k, r in self._changed.items() if k in self._records]
+        inserted = {r.key for r in self.outcome.inserted}
+        self.outcome.updated = [r for k, r in self._changed.items() if k not in inserted]
         return self.outcome
 
     def _apply_outcomes(self) -> list[h.StepRecord]:
         """Turn ended attempts and due sleeps into completions; return steps to retry."""
         done: list[tuple[int, int, h.StepRecord, str]] = []
         retry: list[h.StepRecord] = []
+        done += self._match_events()
+        matched = {d[2].key for d in done}
         for r in self._records.values():
-            if r.completed:
+            if r.completed or r.key in matched:
                 continue
-            if r.kind in (h.SLEEP, h.SLEEP_UNTIL) and (r.wake_at_ms or 0) <= self.now_ms:
+            if r.kind == h.WAIT_FOR_EVENT and (r.wake_at_ms or 0) <= self.now_ms:
+                r.error = {"name": "WorkflowTimeoutError",
+                           "message": f"no {r.config.get('event_type')!r} event for wait "
+                                      f"{r.name!r} within {r.config.get('timeout_ms')} ms"}
+                done.append((r.wake_at_ms or 0, r.start_seq, r, h.FAILED))
+            elif r.kind in (h.SLEEP, h.SLEEP_UNTIL) and (r.wake_at_ms or 0) <= self.now_ms:
                 done.append((r.wake_at_ms or 0, r.start_seq, r, h.SUCCEEDED))
             elif r.kind == h.DO and r.state == h.RUNNING and r.attempt_outcome == "ok":
                 done.append((r.ended_at_ms or 0, r.start_seq, r, h.SUCCEEDED))
@@ -228,6 +262,26 @@ class _Replay:
             self._complete(record, state, ended_at_ms=at_ms or self.now_ms)
         return retry
 
+    def _match_events(self) -> list[tuple[int, int, h.StepRecord, str]]:
+        """Give each waiting wait, oldest first, the oldest unconsumed event of its type."""
+        available = self._available_events
+        matched = []
+        waits = sorted((r for r in self._records.values()
+                        if r.kind == h.WAIT_FOR_EVENT and not r.completed),
+                       key=lambda r: r.start_seq)
+        for record in waits:
+            wanted = record.config.get("event_type")
+            event = next((e for e in available if e.type == wanted), None)
+            if event is None:
+                continue
+            available.remove(event)
+            record.output = {"type": event.type, "payload": event.payload,
+                             "timestamp": event.received_at_ms}
+            self.outcome.events_consumed.append((event.pk, record.key))
+            at = max(event.received_at_ms, record.started_at_ms)
+            matched.append((at, record.start_seq, record, h.SUCCEEDED))
+        return matched
+
     def _complete(self, record: h.StepRecord, state: str, *, ended_at_ms: int) -> None:
         record.state = state
         record.completed_seq = self._next_completed
@@ -236,21 +290,37 @@ class _Replay:
         record.ended_at_ms = ended_at_ms
         if record.kind != h.DO:
             self.outcome.timers_cleared.append(record.key)
+            self.outcome.timers_set.pop(record.key, None)
         self._changed[record.key] = record
+        self.outcome.step_events.append((
+            "step.succeeded" if state == h.SUCCEEDED else "step.failed",
+            {"step": record.name, "count": record.count, "type": record.kind,
+             "attempt": record.attempt, "error": record.error},
+        ))
 
     def _resolve(self, record: h.StepRecord) -> None:
         call = self._calls.get(record.key)
         if call is None:
             self._diverge(record)
             return
-        if record.state == h.FAILED:
-            error = record.error or {}
+        error = record.error or {}
+        if record.state == h.FAILED and record.kind == h.WAIT_FOR_EVENT:
+            call.future.set_exception(WorkflowTimeoutError(str(error.get("message", ""))))
+        elif record.state == h.FAILED:
             call.future.set_exception(StepFailedError(
                 record.name, str(error.get("name", "Error")), str(error.get("message", "")),
                 record.attempt,
             ))
+        elif record.kind == h.WAIT_FOR_EVENT:
+            out = record.output or {}
+            call.future.set_result(ReceivedEvent(
+                type=out.get("type", ""), payload=out.get("payload"),
+                timestamp=datetime.fromtimestamp(out.get("timestamp", 0) / 1000, tz=timezone.utc),
+            ))
         else:
             call.future.set_result(record.output)
+        if (record.completed_seq or 0) >= self._first_new_seq:
+            self._live = True
         self._loop.run_until_idle()
 
     def _diverge(self, record: h.StepRecord) -> None:
@@ -282,10 +352,15 @@ class _Replay:
             record.state = h.BACKOFF
             record.attempt_outcome = None
             record.wake_at_ms = self.now_ms + duration_ms(wait)
+            self.outcome.step_events.append(("step.retrying", {
+                "step": record.name, "count": record.count, "attempt": record.attempt,
+                "error": record.error, "retry_in_ms": duration_ms(wait)}))
             self.outcome.timers_set[record.key] = record.wake_at_ms
             self._changed[record.key] = record
 
     def _start_due_attempts(self) -> None:
+        if self._paused:
+            return  # pause takes effect at step boundaries: nothing new starts
         for record in self._records.values():
             if record.state != h.BACKOFF or (record.wake_at_ms or 0) > self.now_ms:
                 continue
@@ -298,32 +373,65 @@ class _Replay:
             record.output = record.error = record.wake_at_ms = None
             self.outcome.timers_cleared.append(record.key)
             self.outcome.timers_set.pop(record.key, None)
-            self.outcome.attempts.append(AttemptStart(
+            self._start_attempt(AttemptStart(
                 record.key, record.name, record.count, record.attempt, call.fn, call.config
             ))
             self._changed[record.key] = record
 
+    def _start_attempt(self, attempt: AttemptStart) -> None:
+        self.outcome.attempts.append(attempt)
+        self.outcome.step_events.append(("step.started", {
+            "step": attempt.name, "count": attempt.count, "attempt": attempt.attempt}))
+
     def _decide_new_calls(self) -> None:
-        for call in self._new:
-            record = h.StepRecord(
-                key=call.key, name=call.name, count=call.count, kind=call.kind,
-                start_seq=self._next_start, state=h.RUNNING, config={},
-                started_at_ms=self.now_ms,
+        if self._paused:
+            return  # the calls are made again by the replay after resume
+        decided = 0
+        while decided < len(self._new):
+            batch = self._new[decided:]
+            decided = len(self._new)
+            for call in batch:
+                self._decide_new_call(call)
+            # A new wait whose event is already buffered, or a sleep already due, completes in
+            # this same turn; resolving it may make run() call further steps.
+            for at, _, record, state in sorted(self._instant_completions(batch),
+                                               key=lambda d: (d[0], d[1])):
+                self._complete(record, state, ended_at_ms=at)
+                self._resolve(record)
+
+    def _instant_completions(self, calls: list[_Call]) -> list[tuple[int, int, h.StepRecord, str]]:
+        keys = {c.key for c in calls if c.kind != h.DO}
+        done = [d for d in self._match_events() if d[2].key in keys]
+        matched = {d[2].key for d in done}
+        for key in keys - matched:
+            record = self._records[key]
+            if record.kind in (h.SLEEP, h.SLEEP_UNTIL) and (record.wake_at_ms or 0) <= self.now_ms:
+                done.append((self.now_ms, record.start_seq, record, h.SUCCEEDED))
+        return done
+
+    def _decide_new_call(self, call: _Call) -> None:
+        record = h.StepRecord(
+            key=call.key, name=call.name, count=call.count, kind=call.kind,
+            start_seq=self._next_start, state=h.RUNNING, config={},
+            started_at_ms=self.now_ms,
+        )
+        self._next_start += 1
+        if call.kind == h.DO:
+            assert call.fn is not None and call.config is not None
+            record.config = call.config.to_json()
+            record.attempt = 1
+            self._start_attempt(
+                AttemptStart(call.key, call.name, call.count, 1, call.fn, call.config)
             )
-            self._next_start += 1
-            if call.kind == h.DO:
-                assert call.fn is not None and call.config is not None
-                record.config = call.config.to_json()
-                record.attempt = 1
-                self.outcome.attempts.append(
-                    AttemptStart(call.key, call.name, call.count, 1, call.fn, call.config)
-                )
-            else:
-                record.state = h.WAITING
-                record.wake_at_ms = call.wake_at_ms
-                self.outcome.timers_set[call.key] = call.wake_at_ms or self.now_ms
-            self._records[call.key] = record
-            self.outcome.inserted.append(record)
+        else:
+            record.state = h.WAITING
+            record.wake_at_ms = call.wake_at_ms
+            if call.kind == h.WAIT_FOR_EVENT:
+                record.config = {"event_type": call.event_type,
+                                 "timeout_ms": (call.wake_at_ms or 0) - self.now_ms}
+            self.outcome.timers_set[call.key] = call.wake_at_ms or self.now_ms
+        self._records[call.key] = record
+        self.outcome.inserted.append(record)
 
     def _decide_status(self, task: asyncio.Task[Any]) -> None:
         outcome = self.outcome
@@ -331,6 +439,10 @@ class _Replay:
             outcome.status, outcome.error = h.ERRORED, error_dict(self._divergence)
         elif task.done():
             self._finish(task)
+        elif self._paused:
+            in_flight = any(r.state == h.RUNNING and r.attempt_outcome is None
+                            for r in self._records.values())
+            outcome.status = h.WAITING_FOR_PAUSE if in_flight else h.PAUSED
         elif any(r.state == h.RUNNING for r in self._records.values()):
             outcome.status = h.STATUS_RUNNING
         elif any(not r.completed for r in self._records.values()):

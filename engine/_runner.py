@@ -50,7 +50,7 @@ class StepRunner:
         self._broker = broker
         self._slots = asyncio.Semaphore(concurrency)
         self._heartbeat_interval = heartbeat_interval
-        self._running: dict[tuple[int, str, int], asyncio.Task[None]] = {}
+        self._running: dict[tuple[int, str, str], asyncio.Task[None]] = {}
         self._results: list[tuple[StepJob, AttemptResult]] = []
         self._results_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -75,7 +75,7 @@ class StepRunner:
         return len(self._running)
 
     def submit(self, job: StepJob) -> None:
-        key = (job.instance_pk, job.attempt.key, job.attempt.attempt)
+        key = (job.instance_pk, job.attempt.key, job.attempt.token)
         task = asyncio.create_task(self._run(job), name=f"warren-step:{job.attempt.key}")
         self._running[key] = task
         task.add_done_callback(lambda _: self._running.pop(key, None))
@@ -103,7 +103,8 @@ class StepRunner:
                 error = error_dict(exc)
             bound.debug("step attempt ended", ok=ok, error=error)
         self._results.append((job, AttemptResult(
-            instance_pk=job.instance_pk, key=a.key, attempt=a.attempt, ok=ok, output=output,
+            instance_pk=job.instance_pk, key=a.key, attempt=a.attempt, token=a.token, ok=ok,
+            output=output,
             error=None if error is None else orjson.dumps(error).decode(), ended_at_ms=now_ms(),
         )))
         self._results_ready.set()

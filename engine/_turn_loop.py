@@ -25,10 +25,15 @@ from engine._replay import TurnOutcome, replay
 from engine._runner import StepJob, StepRunner
 from engine._store._database import Database
 from engine._store._instances import NewInstance, create_from_message_txn
+from engine import _history as h
+from engine._codec import MAX_VALUE_BYTES
+from engine._history import FINISHED_STATUSES
+from engine._store._events import store_event_txn
+from engine._lifecycle import lifecycle_message
 from engine._store._turns import acquire_txn, commit_txn
-from sdk._config import check_instance_id
+from sdk._config import check_event_type, check_instance_id
 from sdk._workflow import WorkflowEntrypoint
-from sdk.errors import ValidationError
+from sdk.errors import LimitExceededError, ValidationError
 
 log = structlog.get_logger("warren.turn")
 
@@ -60,6 +65,7 @@ class TurnLoop:
         self._parallelism = parallelism
         self._queue: asyncio.Queue[tuple[str, Delivery]] = asyncio.Queue()
         self._tokens = itertools.count(1)
+        self._lifecycle: list[OutgoingMessage] = []
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -119,8 +125,10 @@ class TurnLoop:
                 return Envelope.decode(delivery.body).instance_id
             if delivery.exchange == "create":
                 return await self._create(workflow, delivery)
-            raise ValidationError(f"{delivery.exchange} messages are not handled yet")
-        except (ValidationError, EnvelopeError, _Duplicate) as exc:
+            if delivery.exchange == "events":
+                return await self._event(workflow, delivery)
+            raise ValidationError(f"unexpected message from exchange {delivery.exchange!r}")
+        except (ValidationError, EnvelopeError, _Rejected) as exc:
             log.warning("message rejected", workflow=workflow, exchange=delivery.exchange,
                         routing_key=delivery.routing_key, reason=str(exc))
             await delivery.dead_letter(str(exc))
@@ -142,8 +150,36 @@ class TurnLoop:
                 conn, workflow, NewInstance(instance_id, params, token), now_ms()
             )
         if result == "duplicate":
-            raise _Duplicate(f"instance id {instance_id!r} already exists in {workflow!r}")
+            raise _Rejected(f"instance id {instance_id!r} already exists in {workflow!r}")
+        if result == "created":
+            self._lifecycle.append(lifecycle_message(workflow, instance_id, "instance.queued", {}))
         return str(instance_id)
+
+    async def _event(self, workflow: str, delivery: Delivery) -> str:
+        parts = delivery.routing_key.split(".")
+        if len(parts) != 3 or parts[0] != workflow:
+            raise ValidationError(
+                "event routing key must be <workflow>.<instance_id>.<event_type>, "
+                f"got {delivery.routing_key!r}")
+        _, instance_id, event_type = parts
+        check_instance_id(instance_id)
+        check_event_type(event_type)
+        if len(delivery.body) > MAX_VALUE_BYTES:
+            raise LimitExceededError(
+                f"event payload is {len(delivery.body)} bytes; the limit is {MAX_VALUE_BYTES}")
+        try:
+            orjson.loads(delivery.body)
+        except orjson.JSONDecodeError as exc:
+            raise ValidationError(f"event payload is not JSON: {exc}") from None
+        async with self._db.transaction() as conn:
+            status = await store_event_txn(
+                conn, workflow, instance_id, event_type, delivery.body.decode(),
+                delivery.message_id, now_ms())
+        if status is None:
+            raise _Rejected(f"no instance {instance_id!r} in workflow {workflow!r}")
+        if status in FINISHED_STATUSES:
+            raise _Rejected(f"instance {instance_id!r} is {status}; it takes no more events")
+        return instance_id
 
     async def _turns(self, workflow: str, instance_ids: list[str]) -> None:
         cls = self._workflows[workflow]
@@ -151,6 +187,13 @@ class TurnLoop:
         now = now_ms()
         async with self._db.transaction() as conn:
             leased = await acquire_txn(conn, workflow, instance_ids, owner, now, self._lease_ms)
+        messages, self._lifecycle = self._lifecycle, []
+        for snap in leased.terminated:
+            messages.append(lifecycle_message(workflow, snap.instance_id, "instance.terminated",
+                                              {"status": h.TERMINATED}))
+        for snap in leased.restarted:
+            messages.append(lifecycle_message(workflow, snap.instance_id, "instance.restarted",
+                                              {}))
         results: list[tuple[Any, TurnOutcome]] = []
         for snapshot in leased.snapshots:
             try:
@@ -159,14 +202,18 @@ class TurnLoop:
                 log.exception("replay crashed", workflow=workflow, instance=snapshot.instance_id)
                 outcome = TurnOutcome(status="errored", error=error_dict(exc))
             results.append((snapshot, outcome))
-        if not results:
-            return
-        async with self._db.transaction() as conn:
-            held, again = await commit_txn(conn, owner, results, self._worker_id, now)
-        messages: list[OutgoingMessage] = []
+        if results:
+            async with self._db.transaction() as conn:
+                held, again = await commit_txn(conn, owner, results, self._worker_id, now)
         for snapshot, outcome in results:
             if snapshot.pk not in held:
                 continue
+            iid = snapshot.instance_id
+            for kind, details in [*outcome.step_events, *_instance_events(snapshot.status,
+                                                                          outcome)]:
+                messages.append(lifecycle_message(workflow, iid, kind, details))
+            for data in outcome.progress:
+                messages.append(lifecycle_message(workflow, iid, "progress", {"data": data}))
             log.debug("turn", workflow=workflow, instance=snapshot.instance_id,
                       status=outcome.status, started=len(outcome.attempts))
             for key, due_ms in outcome.timers_set.items():
@@ -184,5 +231,28 @@ class TurnLoop:
             await self._broker.publish(messages)
 
 
-class _Duplicate(Exception):
-    """A create message for an id that another creation owns."""
+class _Rejected(Exception):
+    """A well-formed message that cannot be accepted (duplicate id, unknown instance, …)."""
+
+
+_STATUS_EVENTS = {
+    h.STATUS_WAITING: "instance.waiting", h.PAUSED: "instance.paused",
+    h.COMPLETE: "instance.complete", h.ERRORED: "instance.errored",
+}
+
+
+def _instance_events(before: str, outcome: TurnOutcome) -> list[tuple[str, dict[str, Any]]]:
+    after = outcome.status
+    found: list[tuple[str, dict[str, Any]]] = []
+    if before == h.QUEUED and after != h.QUEUED:
+        found.append(("instance.started", {}))
+    if before in (h.PAUSED, h.WAITING_FOR_PAUSE) and after not in (h.PAUSED, h.WAITING_FOR_PAUSE):
+        found.append(("instance.resumed", {}))
+    if after != before and after in _STATUS_EVENTS:
+        details: dict[str, Any] = {"status": after}
+        if after == h.COMPLETE:
+            details["output"] = outcome.output
+        if after == h.ERRORED:
+            details["error"] = outcome.error
+        found.append((_STATUS_EVENTS[after], details))
+    return found

@@ -9,15 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from sdk._config import check_instance_id, check_workflow_name
+from sdk._config import (
+    check_event_type,
+    check_instance_id,
+    check_step_name,
+    check_workflow_name,
+)
 from sdk.errors import InstanceNotFoundError, LimitExceededError, ValidationError, WarrenError
 
 MAX_BATCH = 100
 FINISHED = frozenset({"complete", "errored", "terminated"})
+STATUSES = frozenset({"queued", "running", "waiting", "paused", "waiting_for_pause", "complete",
+                      "errored", "terminated", "unknown"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +60,14 @@ class InstanceStatus:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of :meth:`Workflow.list`: pass ``next_cursor`` back for the next (None: end)."""
+
+    items: list[InstanceStatus]
+    next_cursor: str | None
+
+
 class ClientBackend(Protocol):
     """What a client needs from the engine side (implemented in ``engine``)."""
 
@@ -60,6 +75,21 @@ class ClientBackend(Protocol):
     async def close(self) -> None: ...
     async def create(self, workflow: str, items: Sequence[tuple[str | None, Any]]) -> list[str]: ...
     async def status(self, workflow: str, instance_id: str) -> dict[str, Any] | None: ...
+    async def send_event(
+        self, workflow: str, instance_id: str, event_type: str, payload: Any,
+        message_id: str | None,
+    ) -> None: ...
+    async def control(
+        self, workflow: str, instance_id: str, op: str, *,
+        from_step: tuple[str, int] | None = None, rollback: bool = False,
+    ) -> None: ...
+    async def list(
+        self, workflow: str, status: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]: ...
+    async def workflows(self) -> list[str]: ...
+    def subscribe(
+        self, workflow: str | None, instance_id: str | None
+    ) -> AsyncIterator[dict[str, Any]]: ...
 
 
 class Instance:
@@ -80,8 +110,61 @@ class Instance:
             raise InstanceNotFoundError(f"no instance {self.id!r} in workflow {self.workflow!r}")
         return InstanceStatus.from_dict(data)
 
+    async def send_event(
+        self, event_type: str, payload: Any = None, *, message_id: str | None = None
+    ) -> None:
+        """Send an event to this instance (matched by ``step.wait_for_event``).
+
+        ``message_id`` de-duplicates: the same id sent twice is delivered once.
+
+        Raises:
+            InstanceNotFoundError: no such instance.
+            InvalidTransitionError: the instance is finished and takes no events.
+            ValidationError: bad event type, or a payload that is not JSON or over 1 MiB.
+        """
+        check_event_type(event_type)
+        await self._client._backend.send_event(
+            self.workflow, self.id, event_type, payload, message_id)
+
+    async def pause(self) -> None:
+        """Pause at the next step boundary (``waiting_for_pause`` while steps are in flight)."""
+        await self._client._backend.control(self.workflow, self.id, "pause")
+
+    async def resume(self) -> None:
+        """Resume a paused instance."""
+        await self._client._backend.control(self.workflow, self.id, "resume")
+
+    async def terminate(self, rollback: bool = False) -> None:
+        """End the instance as ``terminated``; in-flight step results are discarded.
+
+        Args:
+            rollback: Run the saga rollback handlers of its steps first.
+        """
+        await self._client._backend.control(self.workflow, self.id, "terminate",
+                                            rollback=rollback)
+
+    async def restart(self, from_step: str | tuple[str, int] | None = None) -> None:
+        """Run again with the same id and params.
+
+        Args:
+            from_step: ``None`` discards all history; a step name (first occurrence) or
+                ``(name, count)`` keeps the history before that step and reruns it and
+                every step after it.
+        """
+        step: tuple[str, int] | None
+        if from_step is None:
+            step = None
+        elif isinstance(from_step, str):
+            step = (check_step_name(from_step), 1)
+        else:
+            name, count = from_step
+            if not isinstance(count, int) or count < 1:
+                raise ValidationError(f"from_step count must be an integer >= 1, got {count!r}")
+            step = (check_step_name(name), count)
+        await self._client._backend.control(self.workflow, self.id, "restart", from_step=step)
+
     async def wait_for_status(
-        self, status: str | Iterable[str], *, timeout: float = 30.0
+        self, status: str | Iterable[str], timeout: float = 30.0
     ) -> InstanceStatus:
         """Poll until the status is one of ``status``.
 
@@ -142,6 +225,17 @@ class Workflow:
         ids = await self._client._backend.create(self.name, pairs)
         return [Instance(self._client, self.name, i) for i in ids]
 
+    async def list(
+        self, status: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> Page:
+        """Instances newest first, ``limit`` (1–1000) at a time; stable under creation."""
+        if not 1 <= limit <= 1000:
+            raise ValidationError(f"limit must be between 1 and 1000, got {limit}")
+        if status is not None and status not in STATUSES:
+            raise ValidationError(f"unknown status {status!r}; one of {sorted(STATUSES)}")
+        items, next_cursor = await self._client._backend.list(self.name, status, limit, cursor)
+        return Page([InstanceStatus.from_dict(i) for i in items], next_cursor)
+
     async def get(self, id: str) -> Instance:
         """The instance with ``id``. Raises :class:`InstanceNotFoundError` if unknown."""
         instance = Instance(self._client, self.name, check_instance_id(id))
@@ -176,6 +270,25 @@ class Client:
     def workflow(self, name: str) -> Workflow:
         """A handle to the workflow called ``name``."""
         return Workflow(self, name)
+
+    async def workflows(self) -> list[str]:
+        """Names of the workflows that workers have served."""
+        return await self._backend.workflows()
+
+    def subscribe(
+        self, workflow: str | None = None, instance_id: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Follow lifecycle events live (from the moment of subscribing).
+
+        ``async for event in client.subscribe("transfer"): ...`` — each event is a dict with
+        ``kind`` (e.g. ``step.succeeded``, ``instance.complete``), ``workflow``,
+        ``instance_id``, ``timestamp`` and details.
+        """
+        if workflow is not None:
+            check_workflow_name(workflow)
+        if instance_id is not None:
+            check_instance_id(instance_id)
+        return self._backend.subscribe(workflow, instance_id)
 
     async def connect(self) -> None:
         await self._backend.connect()

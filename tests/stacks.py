@@ -16,10 +16,10 @@ from engine import Worker
 from sdk import Client, WorkflowEntrypoint
 from tests.helpers import asyncpg_dsn
 
-WARREN_TABLES = (
-    "warren_step_attempts", "warren_steps", "warren_timers", "warren_instances",
-    "warren_workflows", "warren_engine_leases", "warren_meta",
-)
+import engine._store._schema  # noqa: F401  (registers the tables in SQLModel.metadata)
+from sqlmodel import SQLModel
+
+WARREN_TABLES = tuple(t.name for t in SQLModel.metadata.sorted_tables)
 
 
 @dataclass

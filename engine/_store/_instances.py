@@ -88,6 +88,14 @@ def _new_row(workflow: str, item: NewInstance, now_ms: int) -> dict[str, Any]:
     }
 
 
+async def instance_state(conn: AsyncConnection, workflow: str, instance_id: str) -> str | None:
+    """The instance's status, or ``None`` if there is no such instance."""
+    return (await conn.execute(
+        select(instances.c.status)
+        .where(instances.c.workflow == workflow, instances.c.instance_id == instance_id)
+    )).scalar()
+
+
 async def instance_status(
     conn: AsyncConnection, workflow: str, instance_id: str
 ) -> dict[str, Any] | None:
@@ -135,6 +143,35 @@ def _step_json(s: Any, attempts: list[dict[str, Any]]) -> dict[str, Any]:
         "error": error,
         "wake_at": iso(s.wake_at_ms) if s.state in (h.WAITING, h.BACKOFF) else None,
     }
+
+
+async def list_instances(
+    conn: AsyncConnection, workflow: str, status: str | None, limit: int, after_pk: int | None
+) -> list[dict[str, Any]]:
+    """A page of instances, newest first, strictly older than ``after_pk`` (the cursor).
+
+    Keyset pagination on the primary key: instances created while a caller pages through
+    are newer than its cursor, so they never shift later pages (no duplicates, no gaps).
+    """
+    c = instances.c
+    query = select(c.pk, c.instance_id, c.workflow, c.status, c.params, c.output, c.error,
+                   c.created_at_ms, c.started_at_ms, c.ended_at_ms).where(c.workflow == workflow)
+    if status is not None:
+        query = query.where(c.status == status)
+    if after_pk is not None:
+        query = query.where(c.pk < after_pk)
+    rows = (await conn.execute(query.order_by(c.pk.desc()).limit(limit))).all()
+    return [{
+        "pk": r.pk, "id": r.instance_id, "workflow": r.workflow, "status": r.status,
+        "params": decode_json(r.params), "output": decode_json(r.output),
+        "error": decode_json(r.error), "rollback": None, "created": iso(r.created_at_ms),
+        "started": iso(r.started_at_ms), "ended": iso(r.ended_at_ms), "steps": [],
+    } for r in rows]
+
+
+async def workflow_names(conn: AsyncConnection) -> list[str]:
+    """Names of the workflows any worker has served."""
+    return list((await conn.execute(select(workflows.c.name).order_by(workflows.c.name))).scalars())
 
 
 def iso(ms: int | None) -> str | None:

@@ -40,7 +40,8 @@ class InstanceRow(SQLModel, table=True):
     __tablename__ = "warren_instances"
     __table_args__ = (
         Index("ux_instances_workflow_id", "workflow", "instance_id", unique=True),
-        Index("ix_instances_list", "workflow", "created_at_ms", "pk"),
+        Index("ix_instances_list", "workflow", "pk"),
+        Index("ix_instances_list_status", "workflow", "status", "pk"),
         Index("ix_instances_status", "status", "created_at_ms"),
         Index(
             "ix_instances_lease",
@@ -64,6 +65,8 @@ class InstanceRow(SQLModel, table=True):
     lease_owner: str | None = Field(default=None, max_length=128)
     lease_expires_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
     needs_turn: bool = Field(default=False)
+    paused: bool = Field(default=False)
+    control: str | None = Field(default=None, sa_column=Column(Text))
 
 
 class StepRow(SQLModel, table=True):
@@ -99,8 +102,29 @@ class StepRow(SQLModel, table=True):
     wake_at_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
     heartbeat_at_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
     worker: str | None = Field(default=None, max_length=128)
+    attempt_token: str | None = Field(default=None, max_length=32)
     started_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     ended_at_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
+
+
+class EventRow(SQLModel, table=True):
+    """An event sent to an instance; ``consumed_by`` is the wait step that took it.
+
+    ``message_id`` de-duplicates redelivered and re-sent messages (unique per instance).
+    """
+
+    __tablename__ = "warren_events"
+    __table_args__ = (
+        Index("ux_events_message", "instance_pk", "message_id", unique=True),
+        Index("ix_events_pending", "instance_pk", "consumed_by", "pk"),
+    )
+    pk: int | None = Field(default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True))
+    instance_pk: int = Field(sa_column=Column(BigInteger, nullable=False))
+    event_type: str = Field(max_length=100)
+    payload: str = Field(sa_column=Column(Text, nullable=False))
+    message_id: str | None = Field(default=None, max_length=200)
+    received_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
+    consumed_by: str | None = Field(default=None, sa_column=Column(String(300)))
 
 
 class StepAttemptRow(SQLModel, table=True):
@@ -144,5 +168,6 @@ steps = StepRow.__table__  # type: ignore[attr-defined]
 step_attempts = StepAttemptRow.__table__  # type: ignore[attr-defined]
 timers = TimerRow.__table__  # type: ignore[attr-defined]
 workflows = WorkflowRow.__table__  # type: ignore[attr-defined]
+events = EventRow.__table__  # type: ignore[attr-defined]
 engine_leases = EngineLeaseRow.__table__  # type: ignore[attr-defined]
 meta = WarrenMeta.__table__  # type: ignore[attr-defined]

@@ -9,7 +9,7 @@ token: a worker that lost its lease cannot commit).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import and_, bindparam, case, delete, insert, or_, select, tuple_, update
@@ -19,17 +19,26 @@ from engine import _history as h
 from engine._codec import decode_json, encode_json
 from engine._replay import TurnOutcome
 from engine._store._rows import step_record, step_values
-from engine._store._schema import instances, step_attempts, steps, timers
+from engine._store._schema import events, instances, step_attempts, steps, timers
 
-_RUNNABLE = (h.QUEUED, h.STATUS_RUNNING, h.STATUS_WAITING)
+RUNNABLE = (h.QUEUED, h.STATUS_RUNNING, h.STATUS_WAITING, h.PAUSED, h.WAITING_FOR_PAUSE)
 
 
 @dataclass(slots=True)
 class Leased:
-    """Result of :func:`acquire_txn`."""
+    """Result of :func:`acquire_txn`.
+
+    Attributes:
+        snapshots: Instances leased, with history loaded, to replay.
+        busy: Ids leased by another worker (flagged ``needs_turn``).
+        terminated: Instances a pending ``terminate`` ended in this transaction.
+        restarted: Instances a pending ``restart`` reset in this transaction.
+    """
 
     snapshots: list[h.InstanceSnapshot]
     busy: list[str]
+    terminated: list[h.InstanceSnapshot] = field(default_factory=list)
+    restarted: list[h.InstanceSnapshot] = field(default_factory=list)
 
 
 async def acquire_txn(
@@ -47,7 +56,7 @@ async def acquire_txn(
     rows = (await conn.execute(
         update(instances)
         .where(c.workflow == workflow, c.instance_id.in_(list(instance_ids)),
-               c.status.in_(_RUNNABLE))
+               c.status.in_(RUNNABLE))
         .values(
             fence=case((free, c.fence + 1), else_=c.fence),
             lease_owner=case((free, owner), else_=c.lease_owner),
@@ -55,26 +64,92 @@ async def acquire_txn(
             needs_turn=case((free, False), else_=True),
         )
         .returning(c.pk, c.instance_id, c.lease_owner, c.fence, c.status, c.params,
-                   c.created_at_ms, c.started_at_ms)
+                   c.created_at_ms, c.started_at_ms, c.paused, c.control)
     )).all()
     snapshots = [
         h.InstanceSnapshot(
             pk=r.pk, workflow=workflow, instance_id=r.instance_id,
             params=decode_json(r.params), status=r.status, created_at_ms=r.created_at_ms,
-            fence=r.fence, started_at_ms=r.started_at_ms,
+            fence=r.fence, started_at_ms=r.started_at_ms, paused=r.paused,
+            control=decode_json(r.control),
         )
         for r in rows if r.lease_owner == owner
     ]
-    busy = [r.instance_id for r in rows if r.lease_owner != owner]
-    if snapshots:
-        by_pk = {s.pk: s for s in snapshots}
+    leased = Leased([], [r.instance_id for r in rows if r.lease_owner != owner])
+    for snap in snapshots:
+        op = (snap.control or {}).get("op")
+        if op == "terminate":
+            await _terminate_txn(conn, snap, now_ms)
+            leased.terminated.append(snap)
+            continue
+        if op == "restart":
+            await reset_history_txn(conn, snap, (snap.control or {}).get("from_step"))
+            leased.restarted.append(snap)
+        leased.snapshots.append(snap)
+    if leased.snapshots:
+        by_pk = {s.pk: s for s in leased.snapshots}
         step_rows = await conn.execute(
             select(steps).where(steps.c.instance_pk.in_(list(by_pk)))
             .order_by(steps.c.instance_pk, steps.c.start_seq)
         )
         for row in step_rows:
             by_pk[row.instance_pk].steps.append(step_record(row))
-    return Leased(snapshots, busy)
+        event_rows = await conn.execute(
+            select(events).where(events.c.instance_pk.in_(list(by_pk)),
+                                 events.c.consumed_by.is_(None))
+            .order_by(events.c.instance_pk, events.c.pk)
+        )
+        for row in event_rows:
+            by_pk[row.instance_pk].events.append(h.PendingEvent(
+                row.pk, row.event_type, decode_json(row.payload), row.received_at_ms))
+    return leased
+
+
+async def _terminate_txn(conn: AsyncConnection, snap: h.InstanceSnapshot, now_ms: int) -> None:
+    """End an instance as ``terminated``: in-flight attempts' results will match no row."""
+    await conn.execute(
+        update(instances).where(instances.c.pk == snap.pk).values(
+            status=h.TERMINATED, ended_at_ms=now_ms, control=None, lease_owner=None,
+            lease_expires_ms=None)
+    )
+    await conn.execute(
+        update(steps).where(steps.c.instance_pk == snap.pk, steps.c.state == h.RUNNING)
+        .values(attempt_token=None, heartbeat_at_ms=None)
+    )
+    await conn.execute(delete(timers).where(timers.c.instance_pk == snap.pk))
+
+
+async def reset_history_txn(
+    conn: AsyncConnection, snap: h.InstanceSnapshot, from_step: list[Any] | None
+) -> None:
+    """Discard history for a restart: all of it, or the given step and every step started
+    after it. Events consumed by discarded steps are discarded with them."""
+    s = steps.c
+    doomed = select(s.step_key).where(s.instance_pk == snap.pk)
+    if from_step is not None:
+        name, count = from_step
+        start = (await conn.execute(
+            select(s.start_seq).where(s.instance_pk == snap.pk,
+                                      s.step_key == f"{name}#{count}"))).scalar()
+        if start is None:
+            start = 1 << 62  # the step never ran: nothing to discard
+        doomed = doomed.where(s.start_seq >= start)
+    keys = list((await conn.execute(doomed)).scalars())
+    if keys:
+        await conn.execute(delete(step_attempts).where(
+            step_attempts.c.instance_pk == snap.pk, step_attempts.c.step_key.in_(keys)))
+        await conn.execute(delete(timers).where(
+            timers.c.instance_pk == snap.pk, timers.c.step_key.in_(keys)))
+        await conn.execute(delete(events).where(
+            events.c.instance_pk == snap.pk, events.c.consumed_by.in_(keys)))
+        await conn.execute(delete(steps).where(s.instance_pk == snap.pk, s.step_key.in_(keys)))
+    if from_step is not None:
+        # Kept steps stay done; their completion order must stay below any new one.
+        pass
+    await conn.execute(update(instances).where(instances.c.pk == snap.pk).values(
+        control=None, status=h.STATUS_RUNNING, output=None, error=None, ended_at_ms=None,
+        paused=False))
+    snap.status, snap.control, snap.paused = h.STATUS_RUNNING, None, False
 
 
 async def commit_txn(
@@ -116,6 +191,12 @@ async def commit_txn(
         )
     attempts = [(snap.pk, a) for snap, out in kept for a in out.attempts]
     if attempts:
+        await conn.execute(
+            update(steps).where(steps.c.instance_pk == bindparam("b_pk"),
+                                steps.c.step_key == bindparam("b_key"))
+            .values(attempt_token=bindparam("b_token")),
+            [{"b_pk": pk, "b_key": a.key, "b_token": a.token} for pk, a in attempts],
+        )
         await conn.execute(insert(step_attempts), [
             {"instance_pk": pk, "step_key": a.key, "attempt": a.attempt,
              "started_at_ms": now_ms, "ended_at_ms": None, "success": None, "error": None}
@@ -127,6 +208,12 @@ async def commit_txn(
         await conn.execute(delete(timers).where(
             tuple_(timers.c.instance_pk, timers.c.step_key).in_(cleared)
         ))
+    consumed = [{"b_pk": pk, "b_key": key} for snap, out in kept
+                for pk, key in out.events_consumed]
+    if consumed:
+        await conn.execute(
+            update(events).where(events.c.pk == bindparam("b_pk"), events.c.consumed_by.is_(None))
+            .values(consumed_by=bindparam("b_key")), consumed)
     timer_rows = [{"instance_pk": snap.pk, "step_key": key, "due_at_ms": due}
                   for snap, out in kept for key, due in out.timers_set.items()]
     if timer_rows:
@@ -163,6 +250,7 @@ class AttemptResult:
     instance_pk: int
     key: str
     attempt: int
+    token: str
     ok: bool
     output: str | None
     error: str | None
@@ -176,7 +264,7 @@ async def record_attempts_txn(conn: AsyncConnection, results: Sequence[AttemptRe
     await conn.execute(
         update(steps).where(
             s.instance_pk == bindparam("b_pk"), s.step_key == bindparam("b_key"),
-            s.attempt == bindparam("b_attempt"), s.state == h.RUNNING,
+            s.attempt_token == bindparam("b_token"), s.state == h.RUNNING,
             s.attempt_outcome.is_(None),
         ).values(
             attempt_outcome=bindparam("b_outcome"), output=bindparam("b_output"),
@@ -197,21 +285,21 @@ async def record_attempts_txn(conn: AsyncConnection, results: Sequence[AttemptRe
 
 
 def _attempt_params(r: AttemptResult) -> dict[str, Any]:
-    return {"b_pk": r.instance_pk, "b_key": r.key, "b_attempt": r.attempt,
+    return {"b_pk": r.instance_pk, "b_key": r.key, "b_attempt": r.attempt, "b_token": r.token,
             "b_outcome": "ok" if r.ok else "error", "b_output": r.output, "b_error": r.error,
             "b_ended": r.ended_at_ms, "b_ok": r.ok}
 
 
 async def heartbeat_txn(
-    conn: AsyncConnection, running: Sequence[tuple[int, str, int]], now_ms: int
+    conn: AsyncConnection, running: Sequence[tuple[int, str, str]], now_ms: int
 ) -> None:
-    """Refresh the heartbeat of attempts this worker is executing: (pk, key, attempt)."""
+    """Refresh the heartbeat of attempts this worker is executing: (pk, key, token)."""
     if not running:
         return
     s = steps.c
     await conn.execute(
         update(steps).where(
-            tuple_(s.instance_pk, s.step_key, s.attempt).in_(list(running)),
+            tuple_(s.instance_pk, s.step_key, s.attempt_token).in_(list(running)),
             and_(s.state == h.RUNNING, s.attempt_outcome.is_(None)),
         ).values(heartbeat_at_ms=now_ms)
     )

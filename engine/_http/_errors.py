@@ -1,0 +1,134 @@
+"""JSON errors of the HTTP API: ``{"error": {"code": ..., "message": ...}}`` with stable codes.
+
+Codes (and their HTTP statuses) are a contract; messages are for people and may change:
+
+==================== ====== ====================================================
+code                 status when
+==================== ====== ====================================================
+``invalid``          400    malformed JSON, bad name/id/params, failed validation
+``unauthorized``     401    missing or wrong bearer token
+``signature_invalid`` 401   missing or wrong ``X-Warren-Signature`` on an event
+``not_found``        404    unknown instance, or no such route
+``method_not_allowed`` 405  the route exists, the method does not
+``already_exists``   409    an instance with that id exists
+``invalid_transition`` 409  pause/resume/... not allowed in the instance's status
+``payload_too_large`` 413   body over the size limit, or a documented limit exceeded
+``unavailable``      503    broker or database unreachable
+``internal``         500    a bug: logged with its traceback
+==================== ====== ====================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from sdk.errors import (
+    EngineUnavailableError,
+    InstanceExistsError,
+    InstanceNotFoundError,
+    InvalidTransitionError,
+    LimitExceededError,
+    ValidationError,
+    WarrenError,
+)
+
+log = structlog.get_logger("warren.http")
+
+_CODE_BY_STATUS = {
+    400: "invalid",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "already_exists",
+    413: "payload_too_large",
+    503: "unavailable",
+}
+
+# Most specific first: LimitExceededError is a ValidationError.
+_WARREN_ERRORS: list[tuple[type[WarrenError], int, str]] = [
+    (InstanceNotFoundError, 404, "not_found"),
+    (InstanceExistsError, 409, "already_exists"),
+    (InvalidTransitionError, 409, "invalid_transition"),
+    (LimitExceededError, 413, "payload_too_large"),
+    (ValidationError, 400, "invalid"),
+    (EngineUnavailableError, 503, "unavailable"),
+]
+
+
+class JSONBody(Response):
+    """A JSON response rendered with orjson (params and outputs can be large)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+class ApiError(HTTPException):
+    """An HTTP error with a stable machine-readable ``code``."""
+
+    def __init__(
+        self, status_code: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(status_code, message, headers)
+        self.code = code
+
+
+def error_body(code: str, message: str) -> dict[str, Any]:
+    """The JSON body of every error response."""
+    return {"error": {"code": code, "message": message}}
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONBody:
+    return JSONBody(error_body(code, message), status_code=status, headers=headers)
+
+
+async def _http_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = getattr(exc, "code", None) or _CODE_BY_STATUS.get(exc.status_code, "error")
+    message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+    return error_response(exc.status_code, code, message, dict(exc.headers or {}))
+
+
+async def _validation_error(_request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    problems = []
+    for err in exc.errors()[:5]:
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+        problems.append(f"{where}: {err.get('msg', 'invalid')}")
+    return error_response(400, "invalid", "; ".join(problems) or "invalid request")
+
+
+async def _warren_error(_request: Request, exc: Exception) -> Response:
+    for kind, status, code in _WARREN_ERRORS:
+        if isinstance(exc, kind):
+            return error_response(status, code, str(exc))
+    log.error("unmapped warren error", error=repr(exc))
+    return error_response(500, "internal", f"{type(exc).__name__}: {exc}")
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    log.error(
+        "request failed",
+        method=request.method,
+        path=request.url.path,
+        exc_info=(type(exc), exc, exc.__traceback__),
+    )
+    return error_response(500, "internal", "internal error (see the server log)")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Make every error, ours or the framework's, answer in the JSON error shape."""
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(WarrenError, _warren_error)
+    app.add_exception_handler(Exception, _unexpected_error)

@@ -1,0 +1,156 @@
+"""Routes that act on an instance: deliver an event (webhooks), pause, resume, terminate, restart.
+
+The events route takes the raw body as the event payload, so a webhook can be pointed at it
+directly. With ``WARREN_WEBHOOK_SECRET`` set it is authenticated by its signature (webhook
+senders cannot add a bearer token); otherwise by the bearer token like every other route.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Depends, Request
+
+from engine._http._errors import ApiError, JSONBody
+from engine._http._models import ERROR_RESPONSES, Accepted, RestartRequest, TerminateRequest
+from engine._http._routes_instances import ClientDep
+from engine._http._security import (
+    CredentialsDep,
+    SettingsDep,
+    check_signature,
+    check_token,
+    require_token,
+)
+from engine._http._signing import SIGNATURE_HEADER
+from sdk import Instance
+
+router = APIRouter(
+    tags=["control"],
+    responses={
+        **ERROR_RESPONSES,
+        409: {"description": "`invalid_transition`"},
+    },
+)
+
+EVENT_ID_HEADER = "X-Warren-Event-Id"
+
+_ANY_JSON: dict[str, Any] = {
+    "requestBody": {
+        "required": False,
+        "description": "The event payload: any JSON value (at most 1 MiB). Empty means null. "
+        f"With a webhook secret configured, sign it: `{SIGNATURE_HEADER}: "
+        "sha256=<hex HMAC-SHA256 of the raw body>`.",
+        "content": {"application/json": {"schema": {}}},
+    },
+}
+
+
+def _accepted(instance: Instance, what: str) -> JSONBody:
+    return JSONBody(
+        {"id": instance.id, "workflow": instance.workflow, "accepted": what}, status_code=202
+    )
+
+
+@router.post(
+    "/workflows/{name}/instances/{instance_id}/events/{event_type}",
+    status_code=202,
+    response_model=Accepted,
+    openapi_extra=_ANY_JSON,
+    summary="Send an event",
+)
+async def send_event(
+    name: str,
+    instance_id: str,
+    event_type: str,
+    request: Request,
+    settings: SettingsDep,
+    credentials: CredentialsDep,
+    client: ClientDep,
+) -> JSONBody:
+    """Deliver an event to the instance; ``step.wait_for_event`` of that type receives it.
+
+    An optional ``X-Warren-Event-Id`` header de-duplicates: a webhook retried with the same
+    id is delivered once.
+    """
+    body = await request.body()
+    if settings.webhook_secret is not None:
+        check_signature(settings.webhook_secret, body, request.headers.get(SIGNATURE_HEADER))
+    else:
+        check_token(settings, credentials)
+    try:
+        payload = orjson.loads(body) if body.strip() else None
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "invalid", f"the event payload is not JSON: {exc}") from None
+    event_id = request.headers.get(EVENT_ID_HEADER) or None
+    if event_id is not None and not (0 < len(event_id) <= 200 and event_id.isprintable()):
+        raise ApiError(400, "invalid", f"{EVENT_ID_HEADER} must be 1-200 printable characters")
+    instance = await client.workflow(name).get(instance_id)
+    await instance.send_event(event_type, payload, message_id=event_id)
+    return _accepted(instance, f"event:{event_type}")
+
+
+@router.post(
+    "/workflows/{name}/instances/{instance_id}/pause",
+    status_code=202,
+    response_model=Accepted,
+    dependencies=[Depends(require_token)],
+    summary="Pause an instance",
+)
+async def pause(name: str, instance_id: str, client: ClientDep) -> JSONBody:
+    """Pause at the next step boundary (``waiting_for_pause`` while steps are in flight)."""
+    instance = await client.workflow(name).get(instance_id)
+    await instance.pause()
+    return _accepted(instance, "pause")
+
+
+@router.post(
+    "/workflows/{name}/instances/{instance_id}/resume",
+    status_code=202,
+    response_model=Accepted,
+    dependencies=[Depends(require_token)],
+    summary="Resume an instance",
+)
+async def resume(name: str, instance_id: str, client: ClientDep) -> JSONBody:
+    """Resume a paused instance."""
+    instance = await client.workflow(name).get(instance_id)
+    await instance.resume()
+    return _accepted(instance, "resume")
+
+
+@router.post(
+    "/workflows/{name}/instances/{instance_id}/terminate",
+    status_code=202,
+    response_model=Accepted,
+    dependencies=[Depends(require_token)],
+    summary="Terminate an instance",
+)
+async def terminate(
+    name: str,
+    instance_id: str,
+    client: ClientDep,
+    body: TerminateRequest | None = None,
+) -> JSONBody:
+    """Terminate (in-flight step results are discarded); optionally roll back first."""
+    instance = await client.workflow(name).get(instance_id)
+    await instance.terminate(rollback=(body or TerminateRequest()).rollback)
+    return _accepted(instance, "terminate")
+
+
+@router.post(
+    "/workflows/{name}/instances/{instance_id}/restart",
+    status_code=202,
+    response_model=Accepted,
+    dependencies=[Depends(require_token)],
+    summary="Restart an instance",
+)
+async def restart(
+    name: str,
+    instance_id: str,
+    client: ClientDep,
+    body: RestartRequest | None = None,
+) -> JSONBody:
+    """Restart with the same params, from the beginning or from ``from_step``."""
+    instance = await client.workflow(name).get(instance_id)
+    await instance.restart(from_step=(body or RestartRequest()).from_step)
+    return _accepted(instance, "restart")

@@ -1,0 +1,335 @@
+"""Acceptance of events, human-in-the-loop, instance control and listing (issue 3)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+import pytest
+
+from broker import REASON_HEADER, OutgoingMessage, broker_from_url
+from sdk import (
+    Client,
+    InstanceNotFoundError,
+    InvalidTransitionError,
+    WorkflowEntrypoint,
+    WorkflowEvent,
+    WorkflowStep,
+    WorkflowTimeoutError,
+)
+from tests.helpers import eventually
+from tests.stacks import Stack
+
+RUNS: Counter[str] = Counter()
+
+
+class Approval(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        draft = await step.do("draft", lambda: {"doc": event.payload["doc"]})
+        approval = await step.wait_for_event("wait for approval", "approval", timeout="1 hour")
+        return {"draft": draft, "approved_by": approval.payload["by"], "type": approval.type}
+
+
+async def test_human_in_the_loop_event_resumes_instance(stack: Stack) -> None:
+    async with stack.running([Approval]) as client:
+        inst = await client.workflow("approval").create(params={"doc": "spec"})
+        waiting = await inst.wait_for_status("waiting", timeout=10)
+        assert waiting.steps[-1]["type"] == "wait_for_event"
+        await inst.send_event("approval", {"by": "ana"})
+        st = await inst.wait_for_status("complete", timeout=10)
+    assert st.output == {"draft": {"doc": "spec"}, "approved_by": "ana", "type": "approval"}
+
+
+class Buffered(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        await step.wait_for_event("go", "go")
+        first = await step.wait_for_event("item 1", "item")
+        second = await step.wait_for_event("item 2", "item")
+        return [first.payload, second.payload]
+
+
+async def test_buffered_events_consumed_in_order_and_by_type(stack: Stack) -> None:
+    async with stack.running([Buffered]) as client:
+        inst = await client.workflow("buffered").create()
+        await inst.wait_for_status("waiting", timeout=10)
+        # Sent before their waits exist: buffered; the other type is not consumed.
+        await inst.send_event("item", {"n": 1})
+        await inst.send_event("other", {"n": 99})
+        await inst.send_event("item", {"n": 2})
+        await eventually(lambda: _event_count(stack, inst.id, 3), timeout=10)
+        await inst.send_event("go", None)
+        st = await inst.wait_for_status("complete", timeout=10)
+    assert st.output == [{"n": 1}, {"n": 2}]
+
+
+async def _event_count(stack: Stack, instance_id: str, n: int) -> bool:
+    from engine._store._database import Database
+
+    db = Database(stack.database_url)
+    try:
+        async with db.reading() as conn:
+            got = (await conn.exec_driver_sql(
+                "SELECT count(*) FROM warren_events e JOIN warren_instances i "
+                f"ON i.pk = e.instance_pk WHERE i.instance_id = '{instance_id}'")).scalar()
+    finally:
+        await db.close()
+    return got == n
+
+
+class Timeout(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        began = await step.do("began", time.time)
+        try:
+            await step.wait_for_event("reply", "reply", timeout="2 seconds")
+            outcome = "replied"
+        except WorkflowTimeoutError as exc:
+            outcome = f"timed out: {type(exc).__name__}"
+        ended = await step.do("ended", time.time)
+        return {"outcome": outcome, "waited": ended - began}
+
+
+async def test_wait_timeout_raises_catchable_error_after_timeout(stack: Stack) -> None:
+    async with stack.running([Timeout]) as client:
+        st = await (await client.workflow("timeout").create()).wait_for_status("complete", 20)
+    assert st.output["outcome"] == "timed out: WorkflowTimeoutError"
+    assert st.output["waited"] >= 2.0
+    wait = st.steps[1]
+    assert wait["type"] == "wait_for_event" and wait["success"] is False
+    assert wait["error"]["name"] == "WorkflowTimeoutError"
+
+
+class Race(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        ok = asyncio.ensure_future(step.wait_for_event("success", "payment-success"))
+        bad = asyncio.ensure_future(step.wait_for_event("failure", "payment-failure"))
+        done, _ = await asyncio.wait([ok, bad], return_when=asyncio.FIRST_COMPLETED)
+        branch = "success" if ok in done else "failure"
+        await step.do(f"on {branch}", lambda: RUNS.update([branch]) or branch)
+        await step.wait_for_event("finish", "finish")
+        return branch
+
+
+async def test_race_takes_first_event_and_replays_same_branch(stack: Stack) -> None:
+    RUNS.clear()
+    async with stack.running([Race]) as client:
+        inst = await client.workflow("race").create()
+        await inst.wait_for_status("waiting", timeout=10)
+        await inst.send_event("payment-failure", {"reason": "declined"})
+        await eventually(lambda: RUNS["failure"] == 1, timeout=10)
+        await inst.wait_for_status("waiting", timeout=10)
+    # A new worker replays from history; the late success event must not change the branch.
+    async with stack.running([Race]) as client:
+        inst = await client.workflow("race").get(inst.id)
+        await inst.send_event("payment-success", {})
+        await inst.send_event("finish", {})
+        st = await inst.wait_for_status("complete", timeout=10)
+    assert st.output == "failure"
+    assert RUNS == Counter({"failure": 1})
+
+
+async def test_relayed_webhook_with_message_id_is_delivered_once(stack: Stack) -> None:
+    async with stack.running([Buffered]) as client:
+        inst = await client.workflow("buffered").create()
+        await inst.wait_for_status("waiting", timeout=10)
+        async with broker_from_url(stack.broker_url, stack.namespace) as relay:
+            raw = OutgoingMessage("events", f"buffered.{inst.id}.item", b'{"n": "once"}',
+                                  message_id="webhook-123")
+            await relay.publish([raw])
+            await relay.publish([raw])
+            await relay.publish([OutgoingMessage("events", f"buffered.{inst.id}.item",
+                                                 b'{"n": "next"}', message_id="webhook-456")])
+        await eventually(lambda: _event_count(stack, inst.id, 2), timeout=10)
+        await inst.send_event("go")
+        st = await inst.wait_for_status("complete", timeout=10)
+    assert st.output == [{"n": "once"}, {"n": "next"}]
+
+
+async def test_events_for_unknown_or_finished_instances_are_rejected(stack: Stack) -> None:
+    async with stack.running([Approval]) as client:
+        wf = client.workflow("approval")
+        with pytest.raises(InstanceNotFoundError):
+            await (await _instance(client, "approval", "ghost")).send_event("approval", {})
+        inst = await wf.create(params={"doc": "x"})
+        await inst.wait_for_status("waiting", timeout=10)
+        await inst.send_event("approval", {"by": "bo"})
+        await inst.wait_for_status("complete", timeout=10)
+        with pytest.raises(InvalidTransitionError, match="complete"):
+            await inst.send_event("approval", {"by": "late"})
+        # Over the wire (a webhook relay has no client to raise): dead-lettered with a reason.
+        async with broker_from_url(stack.broker_url, stack.namespace) as relay:
+            await relay.publish([
+                OutgoingMessage("events", "approval.ghost.approval", b"{}"),
+                OutgoingMessage("events", f"approval.{inst.id}.approval", b"{}"),
+                OutgoingMessage("events", f"approval.{inst.id}.bad!type", b"{}"),
+                OutgoingMessage("events", f"approval.{inst.id}.approval", b"not json"),
+            ])
+            reasons = []
+            for _ in range(4):
+                dead = await relay.get_dead(timeout_s=10)  # type: ignore[attr-defined]
+                assert dead is not None
+                reasons.append(str(dead.headers[REASON_HEADER]))
+    assert any("no instance 'ghost'" in r for r in reasons)
+    assert any("is complete" in r for r in reasons)
+    assert any("invalid event type" in r for r in reasons)
+    assert any("not JSON" in r for r in reasons)
+
+
+async def _instance(client: Client, workflow: str, instance_id: str) -> Any:
+    from sdk import Instance
+
+    return Instance(client, workflow, instance_id)
+
+
+class Steps(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        hold = event.payload.get("hold", 0)
+
+        async def body(name: str) -> str:
+            RUNS.update([name])
+            if name == "s1":
+                await asyncio.sleep(hold)
+            return name
+
+        out = []
+        for name in ("s1", "s2", "s3"):
+            out.append(await step.do(name, lambda name=name: body(name)))
+        return out
+
+
+@asynccontextmanager
+async def _lifecycle(client: Client, workflow: str) -> Any:
+    seen: list[dict[str, Any]] = []
+
+    async def collect() -> None:
+        async for event in client.subscribe(workflow):
+            seen.append(event)
+
+    task = asyncio.create_task(collect())
+    await asyncio.sleep(0.3)  # let the subscription bind before anything is published
+    try:
+        yield seen
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_pause_resume_terminate_restart(stack: Stack) -> None:
+    RUNS.clear()
+    async with stack.running([Steps]) as client, _lifecycle(client, "steps") as seen:
+        wf = client.workflow("steps")
+        # pause while s1 runs: waiting_for_pause, then paused, and s2 never starts.
+        inst = await wf.create(params={"hold": 1.0})
+        await eventually(lambda: RUNS["s1"] == 1, timeout=10)
+        await inst.pause()
+        await inst.pause()  # idempotent
+        await inst.wait_for_status("waiting_for_pause", timeout=5)
+        paused = await inst.wait_for_status("paused", timeout=10)
+        assert [s["name"] for s in paused.steps] == ["s1"] and RUNS["s2"] == 0
+        await inst.resume()
+        assert (await inst.wait_for_status("complete", timeout=10)).output == ["s1", "s2", "s3"]
+        # restart of a completed instance reruns everything; from_step keeps what came before.
+        await inst.restart()
+        await inst.wait_for_status("complete", timeout=10)
+        assert RUNS == Counter({"s1": 2, "s2": 2, "s3": 2})
+        await inst.restart(from_step="s2")
+        await eventually(lambda: RUNS["s3"] == 3, timeout=10)
+        st = await inst.wait_for_status("complete", timeout=10)
+        assert RUNS == Counter({"s1": 2, "s2": 3, "s3": 3}) and st.output == ["s1", "s2", "s3"]
+        # terminate during a long step: its result is discarded, the next step never runs.
+        doomed = await wf.create(params={"hold": 1.5})
+        await eventually(lambda: RUNS["s1"] == 3, timeout=10)
+        await doomed.terminate()
+        await doomed.terminate()  # idempotent
+        await doomed.wait_for_status("terminated", timeout=10)
+        await asyncio.sleep(2.0)  # the step body finishes meanwhile; nothing may follow it
+        final = await doomed.status()
+        assert final.status == "terminated" and RUNS["s2"] == 3
+        assert final.steps[0]["output"] is None and final.steps[0]["success"] is None
+        # invalid transitions say why
+        for action in (inst.pause, inst.resume, inst.terminate):
+            with pytest.raises(InvalidTransitionError, match="complete"):
+                await action()
+        with pytest.raises(InstanceNotFoundError):
+            await (await _instance(client, "steps", "missing")).pause()
+        await eventually(lambda: {"instance.paused", "instance.resumed", "instance.restarted",
+                                  "instance.terminated"} <= {e["kind"] for e in seen},
+                         timeout=5)
+
+
+async def test_subscriber_sees_step_and_instance_events_in_order(stack: Stack) -> None:
+    async with stack.running([Steps]) as client, _lifecycle(client, "steps") as seen:
+        inst = await client.workflow("steps").create(params={})
+        await inst.wait_for_status("complete", timeout=10)
+        await eventually(lambda: any(e["kind"] == "instance.complete" for e in seen), timeout=5)
+    mine = [e["kind"] for e in seen if e["instance_id"] == inst.id]
+    assert mine.index("instance.queued") < mine.index("instance.started")
+    assert mine.index("step.started") < mine.index("step.succeeded")
+    assert mine[-1] == "instance.complete"
+    assert mine.count("step.succeeded") == 3
+    assert all("timestamp" in e for e in seen)
+
+
+async def test_list_pages_are_stable_while_instances_are_created(stack: Stack) -> None:
+    total = 10_000 if stack.name == "rabbitmq-postgres" else 2_000
+    async with stack.client() as client:
+        wf = client.workflow("listed")
+        existing: list[str] = []
+        for _ in range(total // 100):
+            existing += [i.id for i in await wf.create_batch([{"params": None}] * 100)]
+
+        async def create_more() -> None:
+            for _ in range(10):
+                await wf.create_batch([{"params": "new"}] * 100)
+
+        creating = asyncio.create_task(create_more())
+        seen: list[str] = []
+        cursor = None
+        while True:
+            page = await wf.list(limit=100, cursor=cursor)
+            seen += [i.id for i in page.items]
+            if page.next_cursor is None:
+                break
+            cursor = page.next_cursor
+        await creating
+    counts = Counter(seen)
+    assert all(counts[i] == 1 for i in existing), "a pre-existing instance was missed or repeated"
+    assert max(counts.values()) == 1
+    queued = await _first_page(stack, "listed")
+    assert all(i.status == "queued" for i in queued)
+
+
+async def _first_page(stack: Stack, workflow: str) -> list[Any]:
+    async with stack.client() as client:
+        page = await client.workflow(workflow).list(status="queued", limit=5)
+    return page.items
+
+
+async def test_create_message_from_plain_aio_pika_starts_an_instance(real_stack: Stack) -> None:
+    import aio_pika
+
+    async with real_stack.running([Approval]) as client:
+        connection = await aio_pika.connect(real_stack.broker_url)
+        async with connection:
+            channel = await connection.channel()
+            exchange = await channel.get_exchange(f"{real_stack.namespace}.create")
+            await exchange.publish(
+                aio_pika.Message(orjson.dumps({"id": "from-elsewhere", "params": {"doc": "d"}}),
+                                 content_type="application/json",
+                                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key="approval")
+        inst = await eventually(lambda: _get(client, "from-elsewhere"), timeout=10)
+        await inst.wait_for_status("waiting", timeout=10)
+        await inst.send_event("approval", {"by": "wire"})
+        st = await inst.wait_for_status("complete", timeout=10)
+    assert st.output["approved_by"] == "wire"
+
+
+async def _get(client: Client, instance_id: str) -> Any:
+    try:
+        return await client.workflow("approval").get(instance_id)
+    except InstanceNotFoundError:
+        return None
