@@ -22,9 +22,23 @@ import orjson
 from engine import _cli_output as out
 from engine._http._remote import ApiCallError, ApiClient
 from engine._logging import configure_logging
+from engine._settings import Settings
 from sdk.errors import WarrenError
 
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+EPILOG = """\
+first run (no server needed):
+  warren run examples/order_processing.py
+
+environment:
+  WARREN_API_URL        where client commands send requests (default http://127.0.0.1:8787)
+  WARREN_API_TOKEN      bearer token (the API requires it when set)
+  WARREN_WEBHOOK_SECRET signs events sent with send-event (the API checks it when set)
+  WARREN_BROKER_URL     amqp://... for RabbitMQ; unset = embedded broker (worker, dev, api, run)
+  WARREN_DATABASE_URL   postgresql+asyncpg://... or sqlite+aiosqlite:///path (default warren.db)
+"""
 
 
 class UsageError(Exception):
@@ -33,7 +47,10 @@ class UsageError(Exception):
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="warren", description="Durable workflows on RabbitMQ and SQL."
+        prog="warren",
+        description="Durable workflows on RabbitMQ and SQL.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -170,7 +187,8 @@ def _run(args: argparse.Namespace) -> int:
             "choose one with --workflow"
         )
     style = out.stdout_style()
-    progress = _RunProgress(style, quiet=args.json)
+    where = _dev.describe_database(Settings.from_env().database_url)
+    progress = None if args.json else out.RunProgress(style, where)
     status = asyncio.run(
         _dev.run_once(
             found[0], params, instance_id=args.id, timeout_s=args.timeout, on_status=progress
@@ -182,43 +200,6 @@ def _run(args: argparse.Namespace) -> int:
         print()
         print(out.describe(status.to_dict(), style))
     return 0 if status.status == "complete" else EXIT_FAILED
-
-
-class _RunProgress:
-    """Prints, once each, the steps that finish and the retries that happen."""
-
-    def __init__(self, style: out.Style, quiet: bool) -> None:
-        self.style = style
-        self.quiet = quiet
-        self.seen: set[tuple[Any, ...]] = set()
-
-    def __call__(self, status: Any) -> None:
-        if self.quiet:
-            return
-        if not self.seen:
-            from engine._dev import describe_database
-            from engine._settings import Settings
-
-            where = describe_database(Settings.from_env().database_url)
-            print(f"Running {status.workflow} (instance {status.id}); state in {where}")
-            self.seen.add(("started",))
-        for step in status.steps:
-            key = (step["name"], step.get("count"))
-            failures = [a for a in step.get("attempts") or [] if a.get("success") is False]
-            for number, attempt in enumerate(failures, start=1):
-                if step.get("success") is None and (*key, "failed", number) not in self.seen:
-                    self.seen.add((*key, "failed", number))
-                    print(
-                        self.style.paint(
-                            f"  attempt {number} of {step['name']!r} failed: "
-                            f"{out.error_text(attempt.get('error'))}; retrying",
-                            "yellow",
-                        )
-                    )
-            if step.get("success") is not None and (*key, "done") not in self.seen:
-                self.seen.add((*key, "done"))
-                print(out.step_event(step, self.style))
-        sys.stdout.flush()
 
 
 # -- client commands ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ honoured); piped output stays plain ASCII-safe text. ``--json`` output bypasses 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -14,6 +15,8 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import orjson
+
+from sdk import InstanceStatus
 
 _RESET = "\x1b[0m"
 _COLORS = {
@@ -49,13 +52,20 @@ class Style:
 
     color: bool = False
     unicode: bool = False
+    width: int = 200
 
     @classmethod
     def for_stream(cls, stream: TextIO) -> Style:
-        """Colour on a terminal without ``NO_COLOR``; Unicode when the encoding allows it."""
+        """Colour on a terminal without ``NO_COLOR``; Unicode when the encoding allows it.
+
+        JSON values are cut to the terminal's width, or to 200 characters when piped.
+        """
         tty = stream.isatty()
         encoding = (getattr(stream, "encoding", None) or "").lower().replace("-", "")
-        return cls(color=tty and "NO_COLOR" not in os.environ, unicode=encoding == "utf8")
+        width = shutil.get_terminal_size().columns if tty else 200
+        return cls(
+            color=tty and "NO_COLOR" not in os.environ, unicode=encoding == "utf8", width=width
+        )
 
     def paint(self, text: str, color: str | None) -> str:
         if not self.color or color is None:
@@ -107,14 +117,15 @@ def elapsed(start: str | None, end: str | None, now: datetime | None = None) -> 
     return max(0.0, (ended - began).total_seconds())
 
 
-def short_time(value: str | None) -> str:
-    """``2025-01-31 12:00:05`` (UTC) or ``-``."""
+def short_time(value: str | None, suffix: str = "") -> str:
+    """``2025-01-31 12:00:05`` (UTC) followed by ``suffix``, or ``-``."""
     parsed = parse_time(value)
-    return parsed.strftime("%Y-%m-%d %H:%M:%S") if parsed else "-"
+    return parsed.strftime("%Y-%m-%d %H:%M:%S") + suffix if parsed else "-"
 
 
 def compact(value: Any, width: int = 100) -> str:
     """A JSON value on one line, cut to ``width`` characters."""
+    width = max(width, 20)
     text = orjson.dumps(value).decode()
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -181,14 +192,14 @@ def describe(status: Mapping[str, Any], style: Style, now: datetime | None = Non
     took = elapsed(status.get("started") or status.get("created"), status.get("ended"), now)
     fields = [
         ("status", style.status(str(status["status"]))),
-        ("created", short_time(status.get("created"))),
-        ("started", short_time(status.get("started"))),
-        ("ended", short_time(status.get("ended"))),
+        ("created", short_time(status.get("created"), " UTC")),
+        ("started", short_time(status.get("started"), " UTC")),
+        ("ended", short_time(status.get("ended"), " UTC")),
         ("duration", format_duration(took) if status.get("started") else "-"),
-        ("params", compact(status.get("params"))),
+        ("params", compact(status.get("params"), style.width - 12)),
     ]
     if status.get("output") is not None or status.get("status") == "complete":
-        fields.append(("output", compact(status.get("output"))))
+        fields.append(("output", compact(status.get("output"), style.width - 12)))
     if status.get("error"):
         fields.append(("error", style.paint(error_text(status["error"]), "red")))
     rollback = status.get("rollback")
@@ -273,6 +284,40 @@ def step_event(step: Mapping[str, Any], style: Style) -> str:
     if failed and state == "succeeded":
         line += style.paint(f"  (after {failed} failed attempt{'s' * (failed > 1)})", "yellow")
     return line
+
+
+class RunProgress:
+    """Prints, once each, the retries and finished steps seen while following an instance.
+
+    Args:
+        style: How to print.
+        where: Where the state is stored, for the first line.
+    """
+
+    def __init__(self, style: Style, where: str) -> None:
+        self.style = style
+        self.where = where
+        self.seen: set[tuple[Any, ...]] = set()
+
+    def __call__(self, status: InstanceStatus) -> None:
+        if not self.seen:
+            print(f"Running {status.workflow} (instance {status.id}); state in {self.where}")
+            self.seen.add(("started",))
+        for step in status.steps:
+            key = (step["name"], step.get("count"))
+            failures = [a for a in step.get("attempts") or [] if a.get("success") is False]
+            for number, attempt in enumerate(failures, start=1):
+                if step.get("success") is None and (*key, "failed", number) not in self.seen:
+                    self.seen.add((*key, "failed", number))
+                    text = (
+                        f"  attempt {number} of {step['name']!r} failed: "
+                        f"{error_text(attempt.get('error'))}; retrying"
+                    )
+                    print(self.style.paint(text, "yellow"))
+            if step.get("success") is not None and (*key, "done") not in self.seen:
+                self.seen.add((*key, "done"))
+                print(step_event(step, self.style))
+        sys.stdout.flush()
 
 
 def stdout_style() -> Style:

@@ -20,6 +20,7 @@ from typing import Any
 from engine import _history as h
 from engine._codec import error_dict, validate_json_value
 from engine._replay_loop import ReplayLoop
+from engine._saga import TERMINATED_ERROR, SagaMixin
 from sdk._config import MAX_SLEEP, StepConfig, check_event_type
 from sdk._durations import Duration, duration_ms, parse_duration
 from sdk._workflow import (
@@ -42,6 +43,7 @@ from sdk.errors import (
 )
 
 MAX_STEPS_PER_INSTANCE = 10_000
+_ATTEMPTED = (h.DO, h.ROLLBACK)  # kinds whose outcome comes from running a body
 
 
 class RecordedError(WarrenError):
@@ -81,6 +83,7 @@ class TurnOutcome:
     progress: list[Any] = field(default_factory=list)
     events_consumed: list[tuple[int, str]] = field(default_factory=list)
     step_events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    rollback: dict[str, Any] | None = None
 
     @property
     def finished(self) -> bool:
@@ -159,7 +162,7 @@ class _ReplayStep(WorkflowStep):
         self._replay.progress(data)
 
 
-class _Replay:
+class _Replay(SagaMixin):
     def __init__(
         self, workflow: type[WorkflowEntrypoint], instance: h.InstanceSnapshot, now_ms: int
     ) -> None:
@@ -178,6 +181,9 @@ class _Replay:
         self._divergence: NonDeterminismError | None = None
         self._available_events = list(instance.events)
         self._paused = instance.paused
+        control = instance.control or {}
+        self._terminating = control.get("op") == "terminate" and bool(control.get("rollback"))
+        self._rollback_error: dict[str, Any] | None = None
         # Progress reported while re-running code that an earlier turn already ran was
         # published then; only code running past a new outcome (or a first turn) is new.
         self._first_new_seq = self._next_completed
@@ -221,14 +227,16 @@ class _Replay:
         self._loop.run_until_idle()
         retry_waits = self._apply_outcomes()
         for record in sorted(
-            (r for r in self._records.values() if r.completed_seq is not None),
+            (r for r in self._records.values()
+             if r.completed_seq is not None and r.kind != h.ROLLBACK),
             key=lambda r: r.completed_seq or 0,
         ):
             self._resolve(record)
         self._live = True
         self._schedule_retries(retry_waits)
-        self._start_due_attempts()
-        self._decide_new_calls()
+        if not (task.done() or self._terminating):
+            self._start_due_attempts()
+            self._decide_new_calls()
         self._decide_status(task)
         inserted = {r.key for r in self.outcome.inserted}
         self.outcome.updated = [r for k, r in self._changed.items() if k not in inserted]
@@ -250,9 +258,9 @@ class _Replay:
                 done.append((r.wake_at_ms or 0, r.start_seq, r, h.FAILED))
             elif r.kind in (h.SLEEP, h.SLEEP_UNTIL) and (r.wake_at_ms or 0) <= self.now_ms:
                 done.append((r.wake_at_ms or 0, r.start_seq, r, h.SUCCEEDED))
-            elif r.kind == h.DO and r.state == h.RUNNING and r.attempt_outcome == "ok":
+            elif r.kind in _ATTEMPTED and r.state == h.RUNNING and r.attempt_outcome == "ok":
                 done.append((r.ended_at_ms or 0, r.start_seq, r, h.SUCCEEDED))
-            elif r.kind == h.DO and r.state == h.RUNNING and r.attempt_outcome == "error":
+            elif r.kind in _ATTEMPTED and r.state == h.RUNNING and r.attempt_outcome == "error":
                 error = r.error or {}
                 if error.get("non_retryable") or r.attempt > r.config["retries"]["limit"]:
                     done.append((r.ended_at_ms or 0, r.start_seq, r, h.FAILED))
@@ -288,12 +296,13 @@ class _Replay:
         self._next_completed += 1
         record.attempt_outcome = None
         record.ended_at_ms = ended_at_ms
-        if record.kind != h.DO:
+        if record.kind not in _ATTEMPTED:
             self.outcome.timers_cleared.append(record.key)
             self.outcome.timers_set.pop(record.key, None)
         self._changed[record.key] = record
+        prefix = "rollback.step" if record.kind == h.ROLLBACK else "step"
         self.outcome.step_events.append((
-            "step.succeeded" if state == h.SUCCEEDED else "step.failed",
+            f"{prefix}.succeeded" if state == h.SUCCEEDED else f"{prefix}.failed",
             {"step": record.name, "count": record.count, "type": record.kind,
              "attempt": record.attempt, "error": record.error},
         ))
@@ -333,21 +342,22 @@ class _Replay:
 
     def _schedule_retries(self, records: list[h.StepRecord]) -> None:
         for record in records:
-            call = self._calls.get(record.key)
-            if call is None or call.config is None:
+            config = self._attempt_config(record)
+            if config is None:
                 self._diverge(record)
                 continue
             error = record.error or {}
-            ctx = StepContext(StepInfo(record.name, record.count), record.attempt, call.config)
+            ctx = StepContext(StepInfo(record.name, record.count), record.attempt, config)
             try:
-                wait = call.config.retries.wait_after(
+                wait = config.retries.wait_after(
                     record.attempt, ctx,
                     RecordedError(str(error.get("name")), str(error.get("message"))),
                 )
             except Exception as exc:  # a failing delay function fails the step (API.md §1)
                 record.error = {**error_dict(exc), "non_retryable": True}
                 self._complete(record, h.FAILED, ended_at_ms=self.now_ms)
-                self._resolve(record)
+                if record.kind == h.DO:
+                    self._resolve(record)
                 continue
             record.state = h.BACKOFF
             record.attempt_outcome = None
@@ -358,14 +368,31 @@ class _Replay:
             self.outcome.timers_set[record.key] = record.wake_at_ms
             self._changed[record.key] = record
 
-    def _start_due_attempts(self) -> None:
-        if self._paused:
+    def _attempt_config(self, record: h.StepRecord) -> StepConfig | None:
+        if record.kind == h.ROLLBACK:
+            owner = self._compensated_call(record)
+            return None if owner is None else owner.rollback_config
+        call = self._calls.get(record.key)
+        return None if call is None else call.config
+
+    def _attempt_body(self, record: h.StepRecord) -> StepBody | None:
+        if record.kind == h.ROLLBACK:
+            owner = self._compensated_call(record)
+            if owner is None or owner.rollback is None or owner.key not in self._records:
+                return None
+            return self._handler_body(owner, self._records[owner.key])
+        call = self._calls.get(record.key)
+        return None if call is None else call.fn
+
+    def _start_due_attempts(self, kinds: tuple[str, ...] = (h.DO,)) -> None:
+        if self._paused and h.ROLLBACK not in kinds:
             return  # pause takes effect at step boundaries: nothing new starts
-        for record in self._records.values():
-            if record.state != h.BACKOFF or (record.wake_at_ms or 0) > self.now_ms:
+        for record in list(self._records.values()):
+            if (record.state != h.BACKOFF or record.kind not in kinds
+                    or (record.wake_at_ms or 0) > self.now_ms):
                 continue
-            call = self._calls.get(record.key)
-            if call is None or call.fn is None or call.config is None:
+            fn, config = self._attempt_body(record), self._attempt_config(record)
+            if fn is None or config is None:
                 self._diverge(record)
                 continue
             record.state = h.RUNNING
@@ -374,13 +401,14 @@ class _Replay:
             self.outcome.timers_cleared.append(record.key)
             self.outcome.timers_set.pop(record.key, None)
             self._start_attempt(AttemptStart(
-                record.key, record.name, record.count, record.attempt, call.fn, call.config
+                record.key, record.name, record.count, record.attempt, fn, config
             ))
             self._changed[record.key] = record
 
     def _start_attempt(self, attempt: AttemptStart) -> None:
         self.outcome.attempts.append(attempt)
-        self.outcome.step_events.append(("step.started", {
+        kind = "rollback.step.started" if attempt.key.startswith("rollback:") else "step.started"
+        self.outcome.step_events.append((kind, {
             "step": attempt.name, "count": attempt.count, "attempt": attempt.attempt}))
 
     def _decide_new_calls(self) -> None:
@@ -439,6 +467,12 @@ class _Replay:
             outcome.status, outcome.error = h.ERRORED, error_dict(self._divergence)
         elif task.done():
             self._finish(task)
+            if outcome.status == h.ERRORED:
+                self._start_due_attempts((h.ROLLBACK,))
+                self._advance_saga(outcome.error or {}, h.ERRORED)
+        elif self._terminating:
+            self._start_due_attempts((h.ROLLBACK,))
+            self._advance_saga(TERMINATED_ERROR, h.TERMINATED)
         elif self._paused:
             in_flight = any(r.state == h.RUNNING and r.attempt_outcome is None
                             for r in self._records.values())

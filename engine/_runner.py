@@ -52,6 +52,9 @@ class StepRunner:
         self._heartbeat_interval = heartbeat_interval
         self._running: dict[tuple[int, str, str], asyncio.Task[None]] = {}
         self._results: list[tuple[StepJob, AttemptResult]] = []
+        # Attempts that ended but whose result is not yet in SQL keep heartbeating: until it
+        # is written, the sweeper must not take them for lost and run them again.
+        self._unflushed: set[tuple[int, str, str]] = set()
         self._results_ready = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -102,6 +105,7 @@ class StepRunner:
             except Exception as exc:
                 error = error_dict(exc)
             bound.debug("step attempt ended", ok=ok, error=error)
+        self._unflushed.add((job.instance_pk, a.key, a.token))
         self._results.append((job, AttemptResult(
             instance_pk=job.instance_pk, key=a.key, attempt=a.attempt, token=a.token, ok=ok,
             output=output,
@@ -132,6 +136,7 @@ class StepRunner:
             self._results[:0] = batch
             self._results_ready.set()
             raise
+        self._unflushed.difference_update((r.instance_pk, r.key, r.token) for _, r in batch)
         pokes = {(job.workflow, job.instance_id) for job, _ in batch}
         await self._broker.publish([
             OutgoingMessage("internal", workflow, Envelope("step", instance_id).encode())
@@ -143,7 +148,7 @@ class StepRunner:
             await asyncio.sleep(self._heartbeat_interval)
             try:
                 async with self._db.transaction() as conn:
-                    await heartbeat_txn(conn, list(self._running), now_ms())
+                    await heartbeat_txn(conn, [*self._running, *self._unflushed], now_ms())
             except Exception:
                 log.exception("heartbeat failed")
 

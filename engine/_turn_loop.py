@@ -238,6 +238,7 @@ class _Rejected(Exception):
 _STATUS_EVENTS = {
     h.STATUS_WAITING: "instance.waiting", h.PAUSED: "instance.paused",
     h.COMPLETE: "instance.complete", h.ERRORED: "instance.errored",
+    h.TERMINATED: "instance.terminated",
 }
 
 

@@ -28,6 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sdk.errors import (
     EngineUnavailableError,
@@ -116,19 +117,43 @@ async def _warren_error(_request: Request, exc: Exception) -> Response:
     return error_response(500, "internal", f"{type(exc).__name__}: {exc}")
 
 
-async def _unexpected_error(request: Request, exc: Exception) -> Response:
-    log.error(
-        "request failed",
-        method=request.method,
-        path=request.url.path,
-        exc_info=(type(exc), exc, exc.__traceback__),
-    )
-    return error_response(500, "internal", "internal error (see the server log)")
+class CatchAllMiddleware:
+    """Answers an unexpected exception with a 500 ``internal`` JSON error and logs it once.
+
+    Starlette's own last-resort handler re-raises after answering, so the server would log
+    the traceback a second time; this middleware sits inside it and keeps the exception.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("request failed", method=scope.get("method"), path=scope.get("path"))
+            if started:
+                raise  # too late for an error body; let the server close the connection
+            response = error_response(500, "internal", "internal error (see the server log)")
+            await response(scope, receive, send)
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Make every error, ours or the framework's, answer in the JSON error shape."""
+    """Make every error, ours or the framework's, answer in the JSON error shape.
+
+    Call it before adding other middleware, so that the catch-all is the innermost layer.
+    """
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(WarrenError, _warren_error)
-    app.add_exception_handler(Exception, _unexpected_error)
+    app.add_middleware(CatchAllMiddleware)

@@ -43,6 +43,23 @@ _ANY_JSON: dict[str, Any] = {
         "sha256=<hex HMAC-SHA256 of the raw body>`.",
         "content": {"application/json": {"schema": {}}},
     },
+    "parameters": [
+        {
+            "name": SIGNATURE_HEADER,
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "pattern": "^sha256=[0-9a-f]{64}$"},
+            "description": "Required when the server has WARREN_WEBHOOK_SECRET: "
+            "`sha256=` + hex HMAC-SHA256 of the raw body keyed with the secret.",
+        },
+        {
+            "name": EVENT_ID_HEADER,
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "maxLength": 200},
+            "description": "De-duplicates: events with the same id are delivered once.",
+        },
+    ],
 }
 
 

@@ -122,7 +122,7 @@ async def instance_status(
     return {
         "id": row.instance_id, "workflow": row.workflow, "status": row.status,
         "params": decode_json(row.params), "output": decode_json(row.output),
-        "error": decode_json(row.error), "rollback": None,
+        "error": decode_json(row.error), "rollback": decode_json(row.rollback),
         "created": iso(row.created_at_ms), "started": iso(row.started_at_ms),
         "ended": iso(row.ended_at_ms),
         "steps": [_step_json(s, attempts.get(s.step_key, [])) for s in step_rows],
@@ -155,7 +155,8 @@ async def list_instances(
     """
     c = instances.c
     query = select(c.pk, c.instance_id, c.workflow, c.status, c.params, c.output, c.error,
-                   c.created_at_ms, c.started_at_ms, c.ended_at_ms).where(c.workflow == workflow)
+                   c.rollback, c.created_at_ms, c.started_at_ms, c.ended_at_ms
+                   ).where(c.workflow == workflow)
     if status is not None:
         query = query.where(c.status == status)
     if after_pk is not None:
@@ -164,7 +165,8 @@ async def list_instances(
     return [{
         "pk": r.pk, "id": r.instance_id, "workflow": r.workflow, "status": r.status,
         "params": decode_json(r.params), "output": decode_json(r.output),
-        "error": decode_json(r.error), "rollback": None, "created": iso(r.created_at_ms),
+        "error": decode_json(r.error), "rollback": decode_json(r.rollback),
+        "created": iso(r.created_at_ms),
         "started": iso(r.started_at_ms), "ended": iso(r.ended_at_ms), "steps": [],
     } for r in rows]
 

@@ -67,6 +67,7 @@ class InstanceRow(SQLModel, table=True):
     needs_turn: bool = Field(default=False)
     paused: bool = Field(default=False)
     control: str | None = Field(default=None, sa_column=Column(Text))
+    rollback: str | None = Field(default=None, sa_column=Column(Text))
 
 
 class StepRow(SQLModel, table=True):
@@ -87,7 +88,7 @@ class StepRow(SQLModel, table=True):
         ),
     )
     instance_pk: int = Field(sa_column=Column(BigInteger, primary_key=True))
-    step_key: str = Field(sa_column=Column(String(300), primary_key=True))
+    step_key: str = Field(sa_column=Column(String(400), primary_key=True))
     name: str = Field(max_length=256)
     count: int
     kind: str = Field(max_length=20)
@@ -124,7 +125,7 @@ class EventRow(SQLModel, table=True):
     payload: str = Field(sa_column=Column(Text, nullable=False))
     message_id: str | None = Field(default=None, max_length=200)
     received_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
-    consumed_by: str | None = Field(default=None, sa_column=Column(String(300)))
+    consumed_by: str | None = Field(default=None, sa_column=Column(String(400)))
 
 
 class StepAttemptRow(SQLModel, table=True):
@@ -132,7 +133,7 @@ class StepAttemptRow(SQLModel, table=True):
 
     __tablename__ = "warren_step_attempts"
     instance_pk: int = Field(sa_column=Column(BigInteger, primary_key=True))
-    step_key: str = Field(sa_column=Column(String(300), primary_key=True))
+    step_key: str = Field(sa_column=Column(String(400), primary_key=True))
     attempt: int = Field(primary_key=True)
     started_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     ended_at_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
@@ -150,7 +151,7 @@ class TimerRow(SQLModel, table=True):
     __tablename__ = "warren_timers"
     __table_args__ = (Index("ix_timers_due", "due_at_ms"),)
     instance_pk: int = Field(sa_column=Column(BigInteger, primary_key=True))
-    step_key: str = Field(sa_column=Column(String(300), primary_key=True))
+    step_key: str = Field(sa_column=Column(String(400), primary_key=True))
     due_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
 
 

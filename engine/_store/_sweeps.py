@@ -14,6 +14,7 @@ from sqlalchemy import and_, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import _history as h
+from engine._store._locking import joined, locked
 from engine._store._schema import engine_leases, instances, step_attempts, steps, timers
 
 Poke = tuple[str, str]  # (workflow, instance_id)
@@ -50,12 +51,10 @@ async def overdue_timers_txn(
         .limit(limit)
     )).all()
     if rows:
-        await conn.execute(
-            update(timers)
-            .where(tuple_(timers.c.instance_pk, timers.c.step_key).in_(
-                [(r.instance_pk, r.step_key) for r in rows]))
-            .values(due_at_ms=now_ms + grace_ms)
-        )
+        due = locked(timers, tuple_(timers.c.instance_pk, timers.c.step_key).in_(
+            [(r.instance_pk, r.step_key) for r in rows]))
+        await conn.execute(update(timers).where(joined(timers, due))
+                           .values(due_at_ms=now_ms + grace_ms))
     return [(r.workflow, r.instance_id) for r in rows]
 
 
@@ -74,10 +73,10 @@ async def stale_steps_txn(
     )).all()
     lost = [(r.instance_pk, r.step_key, r.attempt) for r in rows if r.attempt_outcome is None]
     if lost:
+        doomed = locked(steps, tuple_(s.instance_pk, s.step_key, s.attempt).in_(lost),
+                        s.attempt_outcome.is_(None))
         await conn.execute(
-            update(steps)
-            .where(tuple_(s.instance_pk, s.step_key, s.attempt).in_(lost),
-                   s.attempt_outcome.is_(None))
+            update(steps).where(joined(steps, doomed))
             .values(attempt_outcome="error", error=_LOST, ended_at_ms=now_ms)
         )
         a = step_attempts.c
@@ -88,12 +87,9 @@ async def stale_steps_txn(
             .values(ended_at_ms=now_ms, success=False, error=_LOST)
         )
     if rows:
-        await conn.execute(
-            update(steps)
-            .where(tuple_(s.instance_pk, s.step_key).in_([(r.instance_pk, r.step_key)
-                                                          for r in rows]))
-            .values(heartbeat_at_ms=now_ms)
-        )
+        seen = locked(steps, tuple_(s.instance_pk, s.step_key).in_(
+            [(r.instance_pk, r.step_key) for r in rows]))
+        await conn.execute(update(steps).where(joined(steps, seen)).values(heartbeat_at_ms=now_ms))
     return [(r.workflow, r.instance_id) for r in rows]
 
 

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from engine import _history as h
 from engine._codec import decode_json, encode_json
 from engine._replay import TurnOutcome
+from engine._store._locking import joined, locked, sorted_params
 from engine._store._rows import step_record, step_values
 from engine._store._schema import events, instances, step_attempts, steps, timers
 
@@ -53,10 +54,11 @@ async def acquire_txn(
     """
     c = instances.c
     free = or_(c.lease_owner.is_(None), c.lease_expires_ms < now_ms)
+    batch = locked(instances, c.workflow == workflow, c.instance_id.in_(list(instance_ids)),
+                   c.status.in_(RUNNABLE))
     rows = (await conn.execute(
         update(instances)
-        .where(c.workflow == workflow, c.instance_id.in_(list(instance_ids)),
-               c.status.in_(RUNNABLE))
+        .where(joined(instances, batch))
         .values(
             fence=case((free, c.fence + 1), else_=c.fence),
             lease_owner=case((free, owner), else_=c.lease_owner),
@@ -78,7 +80,7 @@ async def acquire_txn(
     leased = Leased([], [r.instance_id for r in rows if r.lease_owner != owner])
     for snap in snapshots:
         op = (snap.control or {}).get("op")
-        if op == "terminate":
+        if op == "terminate" and not (snap.control or {}).get("rollback"):
             await _terminate_txn(conn, snap, now_ms)
             leased.terminated.append(snap)
             continue
@@ -163,9 +165,10 @@ async def commit_txn(
         another turn).
     """
     pks = [snap.pk for snap, _ in results]
+    mine = locked(instances, instances.c.pk.in_(pks), instances.c.lease_owner == owner)
     released = (await conn.execute(
         update(instances)
-        .where(instances.c.pk.in_(pks), instances.c.lease_owner == owner)
+        .where(joined(instances, mine))
         .values(lease_owner=None, lease_expires_ms=None)
         .returning(instances.c.pk, instances.c.needs_turn)
     )).all()
@@ -177,17 +180,18 @@ async def commit_txn(
     await _write_instances(conn, kept, now_ms)
     inserted = [(snap.pk, r) for snap, out in kept for r in out.inserted]
     if inserted:
-        await conn.execute(insert(steps), [
+        await conn.execute(insert(steps), sorted_params([
             {"instance_pk": pk, "step_key": r.key, **step_values(r), **_runner(r, worker, now_ms)}
             for pk, r in inserted
-        ])
+        ], "instance_pk", "step_key"))
     updated = [(snap.pk, r) for snap, out in kept for r in out.updated]
     if updated:
         await conn.execute(
             update(steps).where(steps.c.instance_pk == bindparam("b_pk"),
                                 steps.c.step_key == bindparam("b_key")),
-            [{"b_pk": pk, "b_key": r.key, **step_values(r), **_runner(r, worker, now_ms)}
-             for pk, r in updated],
+            sorted_params([{"b_pk": pk, "b_key": r.key, **step_values(r),
+                            **_runner(r, worker, now_ms)} for pk, r in updated],
+                          "b_pk", "b_key"),
         )
     attempts = [(snap.pk, a) for snap, out in kept for a in out.attempts]
     if attempts:
@@ -195,7 +199,8 @@ async def commit_txn(
             update(steps).where(steps.c.instance_pk == bindparam("b_pk"),
                                 steps.c.step_key == bindparam("b_key"))
             .values(attempt_token=bindparam("b_token")),
-            [{"b_pk": pk, "b_key": a.key, "b_token": a.token} for pk, a in attempts],
+            sorted_params([{"b_pk": pk, "b_key": a.key, "b_token": a.token}
+                           for pk, a in attempts], "b_pk", "b_key"),
         )
         await conn.execute(insert(step_attempts), [
             {"instance_pk": pk, "step_key": a.key, "attempt": a.attempt,
@@ -231,16 +236,25 @@ async def _write_instances(
 ) -> None:
     rows = []
     for snap, out in kept:
-        rows.append({
+        # The error is the instance's once it has ended (a rollback may still be running).
+        error = out.error if out.finished else None
+        row = {
             "b_pk": snap.pk, "status": out.status,
             "output": None if out.output is None else encode_json(out.output, what="output"),
-            "error": None if out.error is None else encode_json(out.error, what="error"),
+            "error": None if error is None else encode_json(error, what="error"),
+            "rollback": None if out.rollback is None else encode_json(out.rollback,
+                                                                      what="rollback"),
             "started_at_ms": snap.started_at_ms or now_ms,
             "ended_at_ms": now_ms if out.finished else None,
-        })
-    await conn.execute(
-        update(instances).where(instances.c.pk == bindparam("b_pk")), rows
-    )
+        }
+        if out.status == h.TERMINATED:
+            row["control"] = None  # a terminate with rollback is done
+        rows.append(row)
+    for keys in {tuple(sorted(r)) for r in rows}:  # executemany needs one shape per call
+        await conn.execute(
+            update(instances).where(instances.c.pk == bindparam("b_pk")),
+            [r for r in rows if tuple(sorted(r)) == keys],
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +285,7 @@ async def record_attempts_txn(conn: AsyncConnection, results: Sequence[AttemptRe
             error=bindparam("b_error"), ended_at_ms=bindparam("b_ended"),
             heartbeat_at_ms=bindparam("b_ended"),
         ),
-        [_attempt_params(r) for r in results],
+        sorted_params([_attempt_params(r) for r in results], "b_pk", "b_key"),
     )
     a = step_attempts.c
     await conn.execute(
@@ -280,7 +294,7 @@ async def record_attempts_txn(conn: AsyncConnection, results: Sequence[AttemptRe
             a.attempt == bindparam("b_attempt"), a.ended_at_ms.is_(None),
         ).values(ended_at_ms=bindparam("b_ended"), success=bindparam("b_ok"),
                  error=bindparam("b_error")),
-        [_attempt_params(r) for r in results],
+        sorted_params([_attempt_params(r) for r in results], "b_pk", "b_key"),
     )
 
 
@@ -297,9 +311,6 @@ async def heartbeat_txn(
     if not running:
         return
     s = steps.c
-    await conn.execute(
-        update(steps).where(
-            tuple_(s.instance_pk, s.step_key, s.attempt_token).in_(list(running)),
-            and_(s.state == h.RUNNING, s.attempt_outcome.is_(None)),
-        ).values(heartbeat_at_ms=now_ms)
-    )
+    alive = locked(steps, tuple_(s.instance_pk, s.step_key, s.attempt_token).in_(list(running)),
+                   s.state == h.RUNNING)
+    await conn.execute(update(steps).where(joined(steps, alive)).values(heartbeat_at_ms=now_ms))

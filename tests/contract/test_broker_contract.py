@@ -27,6 +27,7 @@ from broker import (
     PublishError,
     broker_from_url,
 )
+from broker._topology import DEFAULT_DELAY_LEVELS
 from broker.memory import MemoryBroker
 from broker.rabbitmq import RabbitBroker
 
@@ -368,7 +369,8 @@ async def test_nack_without_requeue_dead_letters(broker: Broker) -> None:
 # -- delays -----------------------------------------------------------------------------------
 
 
-async def test_delayed_messages_never_arrive_early(broker: Broker) -> None:
+async def test_delayed_messages_never_arrive_early(make_broker: BrokerFactory) -> None:
+    broker = await make_broker(max_delay_levels=DEFAULT_DELAY_LEVELS)  # the real topology
     wf = new_workflow()
     await broker.declare_workflow(wf)
     rng = random.Random(7)
@@ -496,3 +498,12 @@ async def test_shared_memory_brokers_see_the_same_queues() -> None:
     async with other:
         with pytest.raises(PublishError):
             await other.publish([create("wf")])
+
+
+async def test_rabbit_connect_gives_up_after_bounded_retries() -> None:
+    broker = RabbitBroker("amqp://guest:guest@127.0.0.1:1/", connect_attempts=2)
+    started = time.monotonic()
+    with pytest.raises((ConnectionError, OSError)):
+        await broker.connect()
+    assert time.monotonic() - started < 30
+    await broker.close()  # closing a broker that never connected is fine

@@ -21,10 +21,12 @@ WORKFLOWS = str(Path(__file__).with_name("workflows.py"))
 
 @contextmanager
 def worker_processes(
-    stack: Stack, effects: Path, count: int = 1, log: Path | None = None
+    stack: Stack, effects: Path, count: int = 1, log: Path | None = None,
+    heartbeat_timeout: float = 2.0,
 ) -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Worker processes; a short heartbeat timeout makes crash recovery quick to observe."""
     env = {**os.environ, **stack.env, "WARREN_TEST_EFFECTS": str(effects),
-           "WARREN_HEARTBEAT_TIMEOUT": "2", "WARREN_SWEEP_INTERVAL": "0.2",
+           "WARREN_HEARTBEAT_TIMEOUT": str(heartbeat_timeout), "WARREN_SWEEP_INTERVAL": "0.2",
            "WARREN_LOG_LEVEL": "INFO" if log else "WARNING"}
     stderr = log.open("ab") if log else None
     procs = [subprocess.Popen([sys.executable, "-m", "engine._cli", "worker", WORKFLOWS],
@@ -81,7 +83,9 @@ async def test_three_workers_run_every_step_body_exactly_once(
     effects = tmp_path / "effects.log"
     async with real_stack.client() as client:
         wf = client.workflow("five-steps")
-        with worker_processes(real_stack, effects, count=3):
+        # No crash here: a heartbeat timeout long enough that load on two cores cannot make
+        # a live attempt look lost (that would be a legitimate, but different, retry).
+        with worker_processes(real_stack, effects, count=3, heartbeat_timeout=15):
             ids: list[str] = []
             for _ in range(2):
                 ids += [i.id for i in await wf.create_batch([{"params": {}}] * 100)]
@@ -112,3 +116,29 @@ async def test_sigterm_stops_a_worker_cleanly(real_stack: Stack, tmp_path: Path)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     assert "worker stopped" in log.read_text()
+
+
+async def test_kill_9_during_rollback_second_worker_finishes_it(
+    real_stack: Stack, tmp_path: Path
+) -> None:
+    effects = tmp_path / "effects.log"
+    async with real_stack.client() as client:
+        with worker_processes(real_stack, effects) as (first,):
+            inst = await client.workflow("saga-crash").create(id="saga-1")
+            await eventually(lambda: ("saga-1", "undo-b", 0, "start") in effects_of(effects),
+                             timeout=30, message="b's handler started")
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+        with worker_processes(real_stack, effects):
+            st = await inst.wait_for_status("errored", timeout=60)
+    ran = Counter((step, phase) for _, step, _, phase in effects_of(effects))
+    assert st.error == {"name": "RuntimeError", "message": "d failed"}
+    assert st.rollback == {"outcome": "complete", "error": None}
+    # Forward steps and completed handlers ran exactly once; the interrupted handler ran
+    # again (at-least-once) and finished once.
+    assert ran[("a", "done")] == ran[("b", "done")] == ran[("c", "done")] == 1
+    assert ran[("undo-c", "start")] == ran[("undo-c", "done")] == 1
+    assert ran[("undo-b", "start")] == 2 and ran[("undo-b", "done")] == 1
+    assert ran[("undo-a", "start")] == ran[("undo-a", "done")] == 1
+    order = [step for _, step, _, phase in effects_of(effects) if phase == "done"]
+    assert order[-3:] == ["undo-c", "undo-b", "undo-a"]

@@ -61,3 +61,42 @@ class FiveSteps(WorkflowEntrypoint):
                 return i
             total += await step.do(f"s{i}", body)
         return total
+
+
+def _count(instance: str, step: str, phase: str) -> int:
+    path = os.environ["WARREN_TEST_EFFECTS"]
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return sum(1 for line in f if line.startswith(f"{instance}:{step}:")
+                   and line.rstrip().endswith(f":{phase}"))
+
+
+class SagaCrash(WorkflowEntrypoint):
+    """Rollback of c, b, a; b's handler hangs on its first run so the test can kill it."""
+
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        iid = event.instance_id
+
+        def forward(name: str) -> Any:
+            def body(ctx: Any) -> str:
+                record(iid, name, ctx.attempt, "done")
+                return name
+            return body
+
+        async def undo(ctx: Any) -> None:
+            name = f"undo-{ctx.step.name}"
+            first = _count(iid, name, "start") == 0
+            record(iid, name, 0, "start")
+            if ctx.step.name == "b" and first:
+                await asyncio.sleep(60)
+            record(iid, name, 0, "done")
+
+        config = {"retries": {"limit": 3, "delay": "100 milliseconds"}}
+        for name in ("a", "b", "c"):
+            await step.do(name, forward(name), rollback=undo, rollback_config=config)
+
+        def fail() -> None:
+            raise RuntimeError("d failed")
+
+        await step.do("d", fail, retries={"limit": 0})

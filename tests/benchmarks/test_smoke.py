@@ -1,0 +1,102 @@
+"""Every benchmark scenario's smoke mode runs and prints a valid JSON line (benchmarks never rot).
+
+Each scenario runs as ``python -m benchmarks <scenario> --smoke`` in a subprocess, exactly as
+a user would run it, on the embedded engine and on RabbitMQ + PostgreSQL. Peers (DBOS,
+Celery) are an optional extra and are not run here. The subprocesses are started together
+(a few at a time) by one module fixture so that the whole file stays within about a minute:
+smoke sizes are tiny and their figures are not looked at, only their shape.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.scenarios import SCENARIOS
+from tests.helpers import in_ci
+
+REPO = Path(__file__).resolve().parents[2]
+PARALLEL = 4
+LIMIT_S = 150
+
+
+@dataclass(frozen=True)
+class Case:
+    scenario: str
+    engine: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.scenario}-{self.engine}"
+
+
+CASES = [Case(name, engine) for name, s in SCENARIOS.items()
+         for engine in ("warren-embedded", "warren") if engine in s.engines]
+
+
+@dataclass
+class Outcome:
+    returncode: int
+    lines: list[dict[str, Any]]
+    stderr: str
+
+
+def _reachable(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _run(case: Case) -> Outcome:
+    argv = [sys.executable, "-m", "benchmarks", case.scenario, "--smoke",
+            "--engine", case.engine]
+    if case.scenario != "scale-out":
+        argv += ["--workers", "1"]
+    proc = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=LIMIT_S,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
+    lines = []
+    for raw in proc.stdout.splitlines():
+        lines.append(json.loads(raw))  # stdout must hold only JSON lines
+    return Outcome(proc.returncode, lines, proc.stderr[-3000:])
+
+
+@pytest.fixture(scope="module")
+def outcomes() -> Iterator[dict[str, Outcome]]:
+    services = _reachable(5432) and _reachable(5672)
+    if not services and in_ci():
+        pytest.fail("PostgreSQL/RabbitMQ unreachable (required when CI=true)")
+    cases = [c for c in CASES if services or c.engine == "warren-embedded"]
+    with ThreadPoolExecutor(PARALLEL) as pool:
+        yield dict(zip([c.id for c in cases], pool.map(_run, cases), strict=True))
+
+
+@pytest.mark.timeout(LIMIT_S * 4)
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_smoke_prints_a_valid_json_line(case: Case, outcomes: dict[str, Outcome]) -> None:
+    if case.id not in outcomes:
+        pytest.skip("PostgreSQL/RabbitMQ unreachable")
+    outcome = outcomes[case.id]
+    assert outcome.returncode == 0, outcome.stderr
+    assert len(outcome.lines) == 1, outcome.lines
+    (line,) = outcome.lines
+    assert line["scenario"] == case.scenario and line["engine"] == case.engine
+    assert "error" not in line, line["error"]
+    assert line["n_runs"] == 1 and len(line["runs"]) == 1
+    median = line["median"]
+    if median.get("available") is False:  # e.g. events before wait_for_event exists
+        assert line.get("reason")
+        return
+    missing = [k for k in SCENARIOS[case.scenario].keys if k not in median]
+    assert not missing, f"missing keys {missing} in {median}"

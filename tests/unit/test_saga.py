@@ -1,0 +1,125 @@
+"""Saga rollback rules (Cloudflare's semantics), driven by the storage-free simulator."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from sdk import StepFailedError, WorkflowEntrypoint, WorkflowEvent, WorkflowStep
+from tests.unit.simulator import Simulation
+
+LOG: list[Any] = []
+
+
+def _fail(message: str = "boom") -> Any:
+    def body() -> None:
+        raise RuntimeError(message)
+    return body
+
+
+def _undo(name: str) -> Any:
+    async def handler(ctx: Any) -> None:
+        LOG.append((name, ctx.output, ctx.error["message"], ctx.step.name))
+    return handler
+
+
+class ThreeHandlers(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        await step.do("one", lambda: 1, rollback=_undo("one"))
+        await step.do("two", lambda: 2, rollback=_undo("two"))
+
+        @step.do("three", retries={"limit": 0})
+        def three() -> None:
+            raise RuntimeError("three broke")
+
+        @three.rollback
+        async def undo_three(ctx: Any) -> None:
+            LOG.append(("three", ctx.output, ctx.error["message"], ctx.step.name))
+
+        await three()
+
+
+async def test_handlers_run_in_reverse_start_order_including_the_failing_step() -> None:
+    LOG.clear()
+    outcome = await Simulation(ThreeHandlers).run()
+    assert outcome.status == "errored"
+    assert outcome.error == {"name": "RuntimeError", "message": "three broke"}
+    assert outcome.rollback == {"outcome": "complete", "error": None}
+    assert [entry[0] for entry in LOG] == ["three", "two", "one"]
+    assert LOG[0][1] is None  # the failing step has no output
+    assert LOG[1][1] == 2 and LOG[2][1] == 1
+    assert all(entry[2] == "three broke" for entry in LOG)
+
+
+class Parallel(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        async def slow() -> str:
+            await asyncio.sleep(0.05)
+            return "x"
+
+        await asyncio.gather(step.do("X", slow, rollback=_undo("X")),
+                             step.do("Y", lambda: "y", rollback=_undo("Y")))
+        await step.do("fail", _fail(), retries={"limit": 0})
+
+
+async def test_parallel_steps_compensate_by_start_order_not_completion_order() -> None:
+    LOG.clear()
+    outcome = await Simulation(Parallel).run()
+    assert outcome.status == "errored"
+    assert [entry[0] for entry in LOG] == ["Y", "X"]
+
+
+class CaughtThenFatal(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        try:
+            await step.do("flaky", _fail("caught"), retries={"limit": 0},
+                          rollback=_undo("flaky"))
+        except StepFailedError:
+            pass
+        await step.do("ok", lambda: "fine", rollback=_undo("ok"))
+        if event.payload.get("fatal"):
+            raise RuntimeError("fatal later")
+        return "survived"
+
+
+async def test_caught_error_starts_no_rollback_but_a_later_failure_includes_that_step() -> None:
+    LOG.clear()
+    survived = await Simulation(CaughtThenFatal, params={}).run()
+    assert survived.status == "complete" and survived.rollback is None and LOG == []
+    fatal = await Simulation(CaughtThenFatal, params={"fatal": True}).run()
+    assert fatal.status == "errored" and fatal.error == {"name": "RuntimeError",
+                                                         "message": "fatal later"}
+    assert [entry[0] for entry in LOG] == ["ok", "flaky"]
+
+
+ATTEMPTS: list[int] = []
+
+
+class BrokenHandler(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        async def broken(ctx: Any) -> None:
+            ATTEMPTS.append(1)
+            raise ConnectionError("refund service down")
+
+        await step.do("first", lambda: 1, rollback=_undo("first"))
+        await step.do("second", lambda: 2, rollback=broken,
+                      rollback_config={"retries": {"limit": 2, "delay": "1 second"},
+                                       "timeout": "5 seconds"})
+        await step.do("third", lambda: 3, rollback=_undo("third"))
+        await step.do("fail", _fail("original"), retries={"limit": 0})
+
+
+async def test_failing_handler_stops_the_rollback_and_keeps_the_original_error() -> None:
+    LOG.clear()
+    ATTEMPTS.clear()
+    sim = Simulation(BrokenHandler)
+    outcome = await sim.run()
+    assert outcome.status == "errored"
+    assert outcome.error == {"name": "RuntimeError", "message": "original"}
+    assert outcome.rollback == {"outcome": "failed", "error": {
+        "name": "ConnectionError", "message": "refund service down"}}
+    assert len(ATTEMPTS) == 3  # limit 2 → 3 attempts
+    assert [entry[0] for entry in LOG] == ["third"]  # before it ran; after it did not
+    kinds = [kind for turn in sim.turns for kind, _ in turn.step_events]
+    assert kinds.count("rollback.started") == 1 and kinds[-1] == "rollback.finished"
+    assert "rollback.step.failed" in kinds and "rollback.step.succeeded" in kinds
