@@ -1,0 +1,546 @@
+"""The RabbitMQ :class:`Broker` on aio-pika, with plugin-free delayed delivery.
+
+The topology (names, bindings, delay levels) is described in :mod:`broker._topology`. Points
+of RabbitMQ behaviour this module relies on:
+
+- A publisher confirm alone does not mean a queue took the message: unroutable messages are
+  confirmed too. Every publish is ``mandatory`` on a channel with ``on_return_raises`` so the
+  return becomes an error (except on ``lifecycle``, see ``UNCHECKED_EXCHANGES``).
+- ``basic.cancel`` leaves delivered-but-unacked messages with the channel, so a consumer gets
+  its own channel and cancelling closes it: only that returns unsettled messages to the queue.
+- Messages expire only from the head of a queue. Each delay level has a single TTL, so its
+  queue expires in arrival order; a delay spends exactly ``2**n`` ms in each level ``n`` of its
+  set bits, each measured from when it entered that queue, so it never ends early.
+- Dead-lettering out of a classic queue is at-most-once: a delayed message can be lost if the
+  broker dies mid-delay. The SQL timer and the engine's sweeper repair that. A delayed message
+  for a workflow whose queue does not exist is confirmed (it reaches a level queue) and dropped
+  at the end of its delay.
+- Delays above ``Topology.max_delay_ms`` (about 397 days by default) are chained: the message
+  carries the rest in ``x-warren-delay-remaining-ms`` and the consumer re-delays it instead of
+  handling it, so even those never arrive early.
+- aiormq gives every message published without a ``message_id`` a random one, and matches a
+  ``basic.return`` to its publish by message id: two unconfirmed publishes sharing an id on one
+  channel can have a return attributed to the wrong one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import aio_pika
+import structlog
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
+from pamqp.common import FieldTable, FieldValue
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+from yarl import URL
+
+from broker._base import (
+    ORIGIN_EXCHANGE_HEADER,
+    ORIGIN_ROUTING_KEY_HEADER,
+    REASON_HEADER,
+    Broker,
+    Consumer,
+    Delivery,
+    DeliveryHandler,
+    Exchange,
+    HeaderValue,
+    OutgoingMessage,
+    PublishError,
+)
+from broker._topology import (
+    DEFAULT_DELAY_LEVELS,
+    DEFAULT_NAMESPACE,
+    EXCHANGE_TYPES,
+    REMAINING_DELAY_HEADER,
+    UNCHECKED_EXCHANGES,
+    Topology,
+    validate_message,
+)
+
+_log: structlog.typing.FilteringBoundLogger = structlog.get_logger(__name__)
+
+_CONNECT_ERRORS = (aio_pika.exceptions.AMQPConnectionError, ConnectionError, OSError, TimeoutError)
+# Settling on a channel that is gone: the broker has already requeued the message.
+_CHANNEL_GONE = (ChannelInvalidStateError, AMQPError, ConnectionError)
+
+
+def _table(values: Mapping[str, FieldValue]) -> FieldTable:
+    return dict(values)
+
+
+def _clean_headers(raw: Mapping[str, Any] | None) -> dict[str, HeaderValue]:
+    """Scalar headers only; drops RabbitMQ's dead-letter history (``x-death`` and friends)."""
+    headers: dict[str, HeaderValue] = {}
+    for key, value in (raw or {}).items():
+        if key == "x-death" or key.startswith(("x-first-death-", "x-last-death-")):
+            continue
+        if isinstance(value, bytes):
+            value = value.decode(errors="replace")
+        elif isinstance(value, Decimal):
+            value = float(value)
+        elif isinstance(value, datetime):
+            value = value.isoformat()
+        if value is None or isinstance(value, str | int | float | bool):
+            headers[key] = value
+    return headers
+
+
+class _RabbitDelivery(Delivery):
+    def __init__(
+        self,
+        broker: RabbitBroker,
+        message: AbstractIncomingMessage,
+        consumer: _RabbitConsumer | None,
+    ) -> None:
+        topology = broker.topology
+        real_exchange = message.exchange or ""
+        headers = _clean_headers(message.headers)
+        self.remaining_delay_ms = headers.pop(REMAINING_DELAY_HEADER, None)
+        self.body = message.body
+        self.headers = headers
+        # Anything else (e.g. the default exchange) can only be an engine-side publish.
+        self.exchange = topology.logical_exchange(real_exchange) or "internal"
+        self.routing_key = topology.logical_routing_key(real_exchange, message.routing_key or "")
+        self.message_id = message.message_id
+        self.redelivered = bool(message.redelivered)
+        self._broker = broker
+        self._message = message
+        self._consumer = consumer  # None: auto-acked (subscriptions, get_dead)
+        self.settled = False
+
+    def _begin_settle(self) -> bool:
+        if self._consumer is None:
+            return False
+        if self.settled:
+            raise RuntimeError("delivery already settled")
+        self.settled = True
+        if not self._consumer.active:
+            self._broker.log.debug("settling after cancel is a no-op; the message was requeued")
+        return self._consumer.active
+
+    async def ack(self) -> None:
+        if self._begin_settle():
+            await self._quietly(self._message.ack())
+
+    async def nack(self, *, requeue: bool = True) -> None:
+        if self._begin_settle():
+            await self._quietly(self._message.nack(requeue=requeue))
+
+    async def dead_letter(self, reason: str) -> None:
+        if self._consumer is not None:
+            if self.settled:
+                raise RuntimeError("delivery already settled")
+            if not self._consumer.active:
+                self.settled = True
+                return  # back in its queue already; a copy now would be a duplicate
+        headers = dict(self.headers)
+        headers[REASON_HEADER] = reason
+        headers[ORIGIN_EXCHANGE_HEADER] = self.exchange
+        headers[ORIGIN_ROUTING_KEY_HEADER] = self.routing_key
+        copy = OutgoingMessage(
+            "dead", self.routing_key, self.body, message_id=self.message_id, headers=headers
+        )
+        await self._broker.publish([copy])
+        await self.ack()
+
+    async def _quietly(self, settle: Awaitable[None]) -> None:
+        try:
+            await settle
+        except _CHANNEL_GONE as exc:
+            self._broker.log.warning(
+                "settle failed, channel gone; the broker redelivers", error=repr(exc)
+            )
+
+
+class _RabbitConsumer(Consumer):
+    def __init__(self, broker: RabbitBroker, channel: AbstractChannel, handler: DeliveryHandler):
+        self._broker = broker
+        self._channel = channel
+        self._handler = handler
+        self.active = True
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        if not self.active:
+            return  # arrived while closing: the channel close requeues it
+        delivery = _RabbitDelivery(self._broker, message, self)
+        if isinstance(delivery.remaining_delay_ms, int) and delivery.remaining_delay_ms > 0:
+            await self._redelay(delivery, delivery.remaining_delay_ms)
+            return
+        try:
+            await self._handler(delivery)
+        except Exception:
+            self._broker.log.exception(
+                "delivery handler failed; requeueing", key=delivery.routing_key
+            )
+            if not delivery.settled:
+                await delivery.nack(requeue=True)
+
+    async def _redelay(self, delivery: _RabbitDelivery, remaining_ms: int) -> None:
+        again = OutgoingMessage(
+            "internal",
+            delivery.routing_key,
+            delivery.body,
+            delay_ms=remaining_ms,
+            message_id=delivery.message_id,
+            headers=delivery.headers,
+        )
+        try:
+            await self._broker.publish([again])
+        except PublishError:
+            self._broker.log.warning(
+                "re-delaying a long delay failed; requeueing", key=delivery.routing_key
+            )
+            await delivery.nack(requeue=True)
+            return
+        await delivery.ack()
+
+    async def cancel(self) -> None:
+        if not self.active:
+            return
+        self.active = False
+        self._broker._consumers.discard(self)
+        try:
+            await self._channel.close()
+        except _CHANNEL_GONE as exc:
+            self._broker.log.debug("consumer channel already closed", error=repr(exc))
+
+
+class RabbitSubscription(AsyncIterator[Delivery]):
+    """Messages matching one binding, via an exclusive auto-delete queue.
+
+    The queue is bound by :meth:`start` (or ``async with``, or the first ``__anext__``); only
+    messages published after that are seen. Deliveries are auto-acked.
+    """
+
+    def __init__(self, broker: RabbitBroker, exchange: Exchange, binding_key: str) -> None:
+        self._broker = broker
+        self._exchange = broker.topology.exchange(exchange)
+        self._binding_key = binding_key
+        self._messages: asyncio.Queue[Delivery | None] = asyncio.Queue()
+        self._channel: AbstractChannel | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    async def start(self) -> None:
+        """Declare and bind the queue; idempotent."""
+        async with self._lock:
+            if self._channel is not None or self._closed:
+                return
+            channel = await self._broker._require_connection().channel(publisher_confirms=False)
+            # Named by us: a robust channel re-declares it after a reconnect, which RabbitMQ
+            # refuses for server-generated "amq.gen-" names.
+            name = f"{self._broker.namespace}.subscription.{uuid.uuid4().hex}"
+            try:
+                queue = await channel.declare_queue(name, exclusive=True, auto_delete=True)
+                await queue.bind(self._exchange, routing_key=self._binding_key)
+                await queue.consume(self._on_message, no_ack=True)
+            except BaseException:
+                await channel.close()
+                raise
+            self._channel = channel
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self._messages.put_nowait(_RabbitDelivery(self._broker, message, None))
+
+    async def __anext__(self) -> Delivery:
+        if self._closed and self._messages.empty():
+            raise StopAsyncIteration
+        await self.start()
+        item = await self._messages.get()
+        if item is None:
+            raise StopAsyncIteration
+        return item
+
+    async def aclose(self) -> None:
+        """Stop the subscription (its queue is deleted with its channel)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._messages.put_nowait(None)
+        self._broker._subscriptions.discard(self)
+        if self._channel is not None:
+            try:
+                await self._channel.close()
+            except _CHANNEL_GONE as exc:
+                self._broker.log.debug("subscription channel already closed", error=repr(exc))
+
+    async def __aenter__(self) -> RabbitSubscription:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+
+class RabbitBroker(Broker):
+    """:class:`Broker` on RabbitMQ (3.8+; no plugins needed).
+
+    Args:
+        url: ``amqp://`` or ``amqps://`` URL, including the vhost.
+        namespace: Prefix of every exchange and queue.
+        max_delay_levels: Number of delay levels (default 35: up to 2**35 - 1 ms, about 397
+            days, per pass). Must be the same for every process of a namespace.
+        connect_attempts: Attempts of the initial connect before giving up.
+        publish_timeout_s: Seconds to wait for a publisher confirm.
+
+    Attributes:
+        topology: The namespace's names and bindings.
+        log: structlog logger bound to this broker's namespace and host.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        namespace: str = DEFAULT_NAMESPACE,
+        *,
+        max_delay_levels: int = DEFAULT_DELAY_LEVELS,
+        connect_attempts: int = 8,
+        publish_timeout_s: float = 30.0,
+    ) -> None:
+        self.topology = Topology(namespace, max_delay_levels)
+        self.namespace = namespace
+        self._url = url
+        self._connect_attempts = connect_attempts
+        self._publish_timeout_s = publish_timeout_s
+        self.log = _log.bind(broker="rabbitmq", namespace=namespace, host=URL(url).host)
+        self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._exchanges: dict[str, AbstractExchange] = {}
+        self._dead_queue: AbstractQueue | None = None
+        self._declared: set[str] = set()
+        self._consumers: set[_RabbitConsumer] = set()
+        self._subscriptions: set[RabbitSubscription] = set()
+        self._lock = asyncio.Lock()
+
+    # -- connection ------------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        async with self._lock:
+            if self._channel is not None:
+                return
+            connection = await self._connect_with_retry()
+            try:
+                channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+                await self._declare_shared(channel)
+            except BaseException:
+                await connection.close()
+                raise
+            self._connection, self._channel = connection, channel
+            self.log.info("connected")
+
+    async def _connect_with_retry(self) -> AbstractRobustConnection:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._connect_attempts),
+            wait=wait_random_exponential(multiplier=0.2, max=10),
+            retry=retry_if_exception_type(_CONNECT_ERRORS),
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await aio_pika.connect_robust(self._url, timeout=10)
+        raise AssertionError("unreachable: tenacity reraises the last error")
+
+    def _log_retry(self, state: RetryCallState) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        self.log.warning(
+            "connect failed, retrying", attempt=state.attempt_number, wait_s=wait, error=repr(error)
+        )
+
+    async def _declare_shared(self, channel: AbstractChannel) -> None:
+        # About 700 declarations and bindings: sent with no-wait in one burst rather than 700
+        # round trips. They are all durable, so the robust channel need not replay them.
+        raw = await channel.get_underlay_channel()
+        topology = self.topology
+        exchanges = {topology.exchange(e): kind for e, kind in EXCHANGE_TYPES.items()}
+        exchanges[topology.delay_deliver_exchange] = "topic"
+        for level in range(topology.delay_levels):
+            exchanges[topology.delay_exchange(level)] = "topic"
+        for name, kind in exchanges.items():
+            await raw.exchange_declare(name, exchange_type=kind, durable=True, nowait=True)
+        await raw.queue_declare(topology.dead_queue, durable=True, nowait=True)
+        await raw.queue_bind(topology.dead_queue, topology.exchange("dead"), nowait=True)
+        for level in range(topology.delay_levels):
+            arguments = _table(topology.delay_queue_arguments(level))
+            await raw.queue_declare(
+                topology.delay_queue(level), durable=True, arguments=arguments, nowait=True
+            )
+        for level in range(topology.delay_levels):
+            source = topology.delay_exchange(level)
+            for target, key in topology.delay_queue_bindings(level):
+                await raw.queue_bind(topology.delay_queue(target), source, key, nowait=True)
+            await raw.exchange_bind(
+                topology.delay_deliver_exchange,
+                source,
+                topology.delay_deliver_binding(level),
+                nowait=True,
+            )
+        # RabbitMQ handles a channel's methods in order: once this synchronous one is answered,
+        # all of the above are done; had any failed, the channel is closed and this raises.
+        await raw.queue_declare(topology.dead_queue, passive=True)
+        for name in exchanges:
+            self._exchanges[name] = await channel.get_exchange(name, ensure=False)
+        self._dead_queue = await channel.get_queue(topology.dead_queue, ensure=False)
+
+    async def close(self) -> None:
+        for consumer in list(self._consumers):
+            await consumer.cancel()
+        for subscription in list(self._subscriptions):
+            await subscription.aclose()
+        connection, self._connection, self._channel = self._connection, None, None
+        self._exchanges.clear()
+        self._declared.clear()
+        if connection is not None:
+            await connection.close()
+            self.log.info("closed")
+
+    def _require_connection(self) -> AbstractRobustConnection:
+        if self._connection is None:
+            raise RuntimeError("broker is not connected: call connect() or use 'async with'")
+        return self._connection
+
+    def _require_channel(self) -> AbstractChannel:
+        if self._channel is None:
+            raise RuntimeError("broker is not connected: call connect() or use 'async with'")
+        return self._channel
+
+    # -- the Broker interface ----------------------------------------------------------------
+
+    async def declare_workflow(self, workflow: str) -> None:
+        channel = self._require_channel()
+        name = self.topology.workflow_queue(workflow)
+        # The robust channel remembers every declaration to replay it after a reconnect, so
+        # declare each workflow once per connection.
+        if name in self._declared:
+            return
+        queue = await channel.declare_queue(
+            name, durable=True, arguments=_table(self.topology.workflow_queue_arguments())
+        )
+        for exchange, key in self.topology.workflow_bindings(workflow):
+            await queue.bind(self._exchanges[exchange], routing_key=key)
+        self._declared.add(name)
+
+    async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
+        self._require_channel()
+        for message in messages:
+            validate_message(message)
+        pending = [self._publish_one(message) for message in messages]
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        failures = [
+            (message, result)
+            for message, result in zip(messages, results, strict=True)
+            if isinstance(result, BaseException)
+        ]
+        if failures:
+            message, error = failures[0]
+            raise PublishError(
+                f"{len(failures)} of {len(messages)} messages not confirmed; first: "
+                f"{message.exchange}:{message.routing_key}: {error!r}"
+            ) from error
+
+    async def _publish_one(self, message: OutgoingMessage) -> None:
+        headers = dict(message.headers)
+        exchange = self._exchanges[self.topology.exchange(message.exchange)]
+        routing_key = message.routing_key
+        if message.delay_ms:
+            delay, remaining = self.topology.split_delay(message.delay_ms)
+            if remaining:
+                headers[REMAINING_DELAY_HEADER] = remaining
+            exchange = self._exchanges[self.topology.delay_entry_exchange]
+            routing_key = self.topology.delay_routing_key(delay, message.routing_key)
+        amqp_message = aio_pika.Message(
+            message.body,
+            headers=_table(headers),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=message.message_id,
+        )
+        await exchange.publish(
+            amqp_message,
+            routing_key,
+            mandatory=message.exchange not in UNCHECKED_EXCHANGES,
+            timeout=self._publish_timeout_s,
+        )
+
+    async def consume(self, workflow: str, handler: DeliveryHandler, *, prefetch: int) -> Consumer:
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+        await self.declare_workflow(workflow)
+        channel = await self._require_connection().channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await channel.declare_queue(
+            self.topology.workflow_queue(workflow),
+            durable=True,
+            arguments=_table(self.topology.workflow_queue_arguments()),
+        )
+        consumer = _RabbitConsumer(self, channel, handler)
+        # Manual acks; never message.process(), whose default rejects without requeue.
+        await queue.consume(consumer.on_message, no_ack=False)
+        self._consumers.add(consumer)
+        return consumer
+
+    def subscribe(self, exchange: Exchange, binding_key: str) -> RabbitSubscription:
+        self._require_connection()
+        if exchange not in EXCHANGE_TYPES:
+            raise ValueError(f"unknown exchange {exchange!r}")
+        subscription = RabbitSubscription(self, exchange, binding_key)
+        self._subscriptions.add(subscription)
+        return subscription
+
+    # -- helpers for tests and operations ----------------------------------------------------
+
+    async def queue_depth(self, workflow: str) -> int:
+        """Messages ready in a workflow's queue (not counting unacked deliveries)."""
+        await self.declare_workflow(workflow)
+        # The underlying channel: a passive declare through the robust one would be replayed
+        # on every reconnect.
+        raw = await self._require_channel().get_underlay_channel()
+        result = await raw.queue_declare(self.topology.workflow_queue(workflow), passive=True)
+        return int(result.message_count or 0)
+
+    async def get_dead(self, timeout_s: float = 5.0) -> Delivery | None:
+        """Remove and return the oldest message of the dead queue, waiting up to ``timeout_s``."""
+        self._require_channel()
+        assert self._dead_queue is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            message = await self._dead_queue.get(no_ack=True, fail=False)
+            if message is not None:
+                return _RabbitDelivery(self, message, None)
+            if loop.time() >= deadline:
+                return None
+            await asyncio.sleep(0.02)
+
+    async def delete_topology(self, workflows: Sequence[str] = ()) -> None:
+        """Delete this namespace's queues and exchanges (benchmarks, tests); then close."""
+        for consumer in list(self._consumers):
+            await consumer.cancel()
+        raw = await self._require_channel().get_underlay_channel()
+        topology = self.topology
+        queues = [topology.workflow_queue(w) for w in workflows] + [topology.dead_queue]
+        queues += [topology.delay_queue(n) for n in range(topology.delay_levels)]
+        for queue in queues:
+            await raw.queue_delete(queue)
+        for exchange in self._exchanges:
+            await raw.exchange_delete(exchange)
+        await self.close()
