@@ -69,16 +69,22 @@ async def serve_worker(
 
 
 async def serve_api(host: str, port: int) -> None:
-    """``warren api``: serve the HTTP API alone until SIGINT or SIGTERM."""
+    """``warren api``: serve the HTTP API alone until SIGINT or SIGTERM.
+
+    Raises:
+        ValidationError: No RabbitMQ is configured (``WARREN_BROKER_URL``).
+    """
     from engine._http._app import create_app
     from engine._http._server import ApiServer
 
     settings = Settings.from_env()
     if not settings.broker_url or settings.broker_url.startswith("memory://"):
-        log.warning(
-            "the API uses the in-process broker: only workers in this process hear "
-            "it at once (others pick new instances up from the database); set "
-            "WARREN_BROKER_URL=amqp://... to share a RabbitMQ with the workers"
+        # The embedded broker lives inside one process: events and control commands sent
+        # through it would never reach a worker in another process.
+        raise ValidationError(
+            "`warren api` serves workers in other processes, so it needs a shared broker: "
+            "set WARREN_BROKER_URL=amqp://... (or run `warren dev MODULE` for a worker and "
+            "the API in one process on the embedded broker)"
         )
     stopped = asyncio.Event()
     _on_stop_signals(stopped.set)

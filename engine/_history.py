@@ -73,5 +73,7 @@ class InstanceSnapshot:
     started_at_ms: int | None = None
     paused: bool = False
     control: dict[str, Any] | None = None
+    slot: bool = False
+    admit_priority: int | None = None
     steps: list[StepRecord] = field(default_factory=list)
     events: list[PendingEvent] = field(default_factory=list)

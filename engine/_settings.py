@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from engine._store._database import DEFAULT_DATABASE_URL
@@ -30,6 +31,10 @@ class Settings:
         sweep_interval_s: How often the sweeper looks for lost wake-ups.
             Env ``WARREN_SWEEP_INTERVAL``.
         sweep_grace_s: How overdue a wake-up must be before the sweeper re-issues it.
+        max_concurrency: Instances running at once across all workflows.
+            Env ``WARREN_MAX_CONCURRENCY`` (default 50,000).
+        workflow_max_concurrency: Per-workflow limits overriding each workflow's
+            ``max_concurrency``. Env ``WARREN_WORKFLOW_MAX_CONCURRENCY="orders=10,emails=50"``.
     """
 
     broker_url: str | None = None
@@ -43,6 +48,8 @@ class Settings:
     heartbeat_timeout_s: float = 30.0
     sweep_interval_s: float = 1.0
     sweep_grace_s: float = 1.0
+    max_concurrency: int = 50_000
+    workflow_max_concurrency: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -57,6 +64,7 @@ class Settings:
             "prefetch": ("WARREN_PREFETCH", int),
             "heartbeat_timeout_s": ("WARREN_HEARTBEAT_TIMEOUT", float),
             "sweep_interval_s": ("WARREN_SWEEP_INTERVAL", float),
+            "max_concurrency": ("WARREN_MAX_CONCURRENCY", int),
         }
         for name, (var, kind) in numeric.items():
             raw = os.environ.get(var)
@@ -65,9 +73,24 @@ class Settings:
                     env[name] = kind(raw)
                 except ValueError:
                     raise ValidationError(f"{var}={raw!r} is not a valid {kind.__name__}") from None
+        per_workflow = os.environ.get("WARREN_WORKFLOW_MAX_CONCURRENCY")
+        if per_workflow:
+            env["workflow_max_concurrency"] = _parse_limits(per_workflow)
         known = {f.name for f in fields(cls)}
         unknown = set(overrides) - known
         if unknown:
             raise ValidationError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         env.update({k: v for k, v in overrides.items() if v is not None})
         return replace(cls(), **env)
+
+
+def _parse_limits(text: str) -> dict[str, int]:
+    limits: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        try:
+            limits[name.strip()] = int(value)
+        except ValueError:
+            raise ValidationError(
+                f"WARREN_WORKFLOW_MAX_CONCURRENCY: expected name=number, got {part!r}") from None
+    return limits

@@ -17,10 +17,12 @@ from broker import Broker, Envelope, OutgoingMessage
 from engine._clock import now_ms
 from engine._store import _sweeps as q
 from engine._store._database import Database
+from engine._store._gates import admit_all_txn, reconcile_txn
 
 log = structlog.get_logger("warren.sweeper")
 
 _BATCH = 1000
+_RECONCILE_EVERY = 10  # sweeps between recounts of the gates (a safety net, not the path)
 
 
 class Sweeper:
@@ -38,6 +40,7 @@ class Sweeper:
         self._grace_ms = grace_ms
         self._heartbeat_timeout_ms = heartbeat_timeout_ms
         self._task: asyncio.Task[None] | None = None
+        self._sweeps = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._sweep_forever(), name="warren-sweeper")
@@ -64,9 +67,17 @@ class Sweeper:
                 return 0
             pokes = await q.overdue_timers_txn(conn, now, self._grace_ms, _BATCH)
             pokes += await q.stale_steps_txn(conn, now, self._heartbeat_timeout_ms, _BATCH)
+        self._sweeps += 1
+        async with self._db.transaction() as conn:
+            if self._sweeps % _RECONCILE_EVERY == 0:
+                await reconcile_txn(conn)
+            # Slots that free up with time (creation rate tokens) or after repairs.
+            pokes += await admit_all_txn(conn, now)
         async with self._db.reading() as conn:
             pokes += await q.expired_leases(conn, now, _BATCH)
             pokes += await q.unstarted_instances(conn, now, self._grace_ms * 5, _BATCH)
+            if self._sweeps % _RECONCILE_EVERY == 1:
+                pokes += await q.idle_slot_holders(conn, _BATCH)
         # Only workflows this worker serves have declared queues here; others are left to
         # workers that serve them (the lease is per cluster, so serve every workflow on at
         # least one sweeping worker, or give each group its own namespace).

@@ -30,7 +30,7 @@ from engine._codec import MAX_VALUE_BYTES
 from engine._history import FINISHED_STATUSES
 from engine._store._events import store_event_txn
 from engine._lifecycle import lifecycle_message
-from engine._store._turns import acquire_txn, commit_txn
+from engine._store._turns import Committed, acquire_txn, commit_txn
 from sdk._config import check_event_type, check_instance_id
 from sdk._workflow import WorkflowEntrypoint
 from sdk.errors import LimitExceededError, ValidationError
@@ -188,25 +188,32 @@ class TurnLoop:
         async with self._db.transaction() as conn:
             leased = await acquire_txn(conn, workflow, instance_ids, owner, now, self._lease_ms)
         messages, self._lifecycle = self._lifecycle, []
-        for snap in leased.terminated:
-            messages.append(lifecycle_message(workflow, snap.instance_id, "instance.terminated",
-                                              {"status": h.TERMINATED}))
         for snap in leased.restarted:
             messages.append(lifecycle_message(workflow, snap.instance_id, "instance.restarted",
                                               {}))
         results: list[tuple[Any, TurnOutcome]] = []
         for snapshot in leased.snapshots:
+            control = snapshot.control or {}
+            if control.get("op") == "terminate" and not control.get("rollback"):
+                results.append((snapshot, TurnOutcome(status=h.TERMINATED)))
+                continue
             try:
                 outcome = replay(cls, snapshot, now)
             except Exception as exc:  # a bug in the engine must not wedge the instance
                 log.exception("replay crashed", workflow=workflow, instance=snapshot.instance_id)
                 outcome = TurnOutcome(status="errored", error=error_dict(exc))
             results.append((snapshot, outcome))
+        done = Committed()
         if results:
             async with self._db.transaction() as conn:
-                held, again = await commit_txn(conn, owner, results, self._worker_id, now)
+                done = await commit_txn(conn, owner, results, self._worker_id, now)
+        messages += [OutgoingMessage("internal", wf, Envelope("wake", iid).encode())
+                     for wf, iid in done.admitted]
         for snapshot, outcome in results:
-            if snapshot.pk not in held:
+            if snapshot.pk in done.again:
+                messages.append(OutgoingMessage(
+                    "internal", workflow, Envelope("wake", snapshot.instance_id).encode()))
+            if snapshot.pk not in done.held or snapshot.pk in done.denied:
                 continue
             iid = snapshot.instance_id
             for kind, details in [*outcome.step_events, *_instance_events(snapshot.status,
@@ -220,10 +227,6 @@ class TurnLoop:
                 messages.append(OutgoingMessage(
                     "internal", workflow, Envelope("wake", snapshot.instance_id).encode(),
                     delay_ms=max(0, due_ms - now_ms()), message_id=f"{snapshot.pk}:{key}",
-                ))
-            if snapshot.pk in again:
-                messages.append(OutgoingMessage(
-                    "internal", workflow, Envelope("wake", snapshot.instance_id).encode()
                 ))
             for attempt in outcome.attempts:
                 self._runner.submit(StepJob(workflow, snapshot.instance_id, snapshot.pk, attempt))

@@ -16,6 +16,7 @@ from engine._clock import now_ms
 from engine._runner import StepRunner
 from engine._settings import Settings
 from engine._store._database import Database
+from engine._store._gates import GateConfig, configure_txn
 from engine._store._instances import ensure_workflows_txn
 from engine._sweeper import Sweeper
 from engine._turn_loop import TurnLoop
@@ -80,8 +81,13 @@ class Worker:
             return
         self._started = True
         await self.db.create_schema()
+        limits = self.settings.workflow_max_concurrency
         async with self.db.transaction() as conn:
             await ensure_workflows_txn(conn, list(self.workflows), now_ms())
+            await configure_txn(conn, {
+                name: GateConfig(limits.get(name, wf.max_concurrency), wf.max_creation_rate)
+                for name, wf in self.workflows.items()
+            }, self.settings.max_concurrency, now_ms())
         await self.broker.connect()
         for name in self.workflows:
             await self.broker.declare_workflow(name)

@@ -13,6 +13,24 @@ from sqlmodel import Field, SQLModel
 SCHEMA_VERSION = 1
 
 
+class GateRow(SQLModel, table=True):
+    """Concurrency slots of one workflow, or of all of them (``workflow = '*'``).
+
+    ``running`` counts instances holding a slot, ``queued`` those in the admission queue;
+    both change in the same transactions as the instances' ``slot`` / ``admit_priority``,
+    and the sweeper reconciles them from the instances as a safety net.
+    """
+
+    __tablename__ = "warren_gates"
+    workflow: str = Field(primary_key=True, max_length=64)
+    max_running: int | None = None
+    running: int = 0
+    queued: int = 0
+    rate: float | None = None
+    tokens: float = 0.0
+    tokens_at_ms: int = Field(default=0, sa_column=Column(BigInteger, nullable=False))
+
+
 class WarrenMeta(SQLModel, table=True):
     """Key/value facts about the schema itself (its version)."""
 
@@ -44,6 +62,21 @@ class InstanceRow(SQLModel, table=True):
         Index("ix_instances_list_status", "workflow", "status", "pk"),
         Index("ix_instances_status", "status", "created_at_ms"),
         Index(
+            "ix_instances_slot", "workflow",
+            postgresql_where=text("slot"), sqlite_where=text("slot"),
+        ),
+        Index(
+            "ix_instances_unturned", "created_at_ms",
+            postgresql_where=text("status = 'queued' AND admit_priority IS NULL"),
+            sqlite_where=text("status = 'queued' AND admit_priority IS NULL"),
+        ),
+        Index(
+            "ix_instances_admission",
+            "workflow", "admit_priority", "admit_seq",
+            postgresql_where=text("admit_priority IS NOT NULL"),
+            sqlite_where=text("admit_priority IS NOT NULL"),
+        ),
+        Index(
             "ix_instances_lease",
             "lease_expires_ms",
             postgresql_where=text("lease_owner IS NOT NULL"),
@@ -68,6 +101,9 @@ class InstanceRow(SQLModel, table=True):
     paused: bool = Field(default=False)
     control: str | None = Field(default=None, sa_column=Column(Text))
     rollback: str | None = Field(default=None, sa_column=Column(Text))
+    slot: bool = Field(default=False)
+    admit_priority: int | None = Field(default=None)
+    admit_seq: int | None = Field(default=None, sa_column=Column(BigInteger))
 
 
 class StepRow(SQLModel, table=True):
@@ -171,4 +207,5 @@ timers = TimerRow.__table__  # type: ignore[attr-defined]
 workflows = WorkflowRow.__table__  # type: ignore[attr-defined]
 events = EventRow.__table__  # type: ignore[attr-defined]
 engine_leases = EngineLeaseRow.__table__  # type: ignore[attr-defined]
+gates = GateRow.__table__  # type: ignore[attr-defined]
 meta = WarrenMeta.__table__  # type: ignore[attr-defined]

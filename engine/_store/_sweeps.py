@@ -111,8 +111,20 @@ async def unstarted_instances(
     c = instances.c
     rows = (await conn.execute(
         select(c.workflow, c.instance_id)
-        .where(c.status == h.QUEUED, c.created_at_ms < now_ms - grace_ms,
-               and_(c.lease_owner.is_(None)))
+        .where(c.status == h.QUEUED, c.admit_priority.is_(None),
+               c.created_at_ms < now_ms - grace_ms, and_(c.lease_owner.is_(None)))
+        .limit(limit)
+    )).all()
+    return [(r.workflow, r.instance_id) for r in rows]
+
+
+async def idle_slot_holders(conn: AsyncConnection, limit: int) -> list[Poke]:
+    """Instances given a slot while queued or waiting whose wake-up was lost."""
+    c = instances.c
+    rows = (await conn.execute(
+        select(c.workflow, c.instance_id)
+        .where(c.slot.is_(True), c.status.in_((h.QUEUED, h.STATUS_WAITING)),
+               c.lease_owner.is_(None))
         .limit(limit)
     )).all()
     return [(r.workflow, r.instance_id) for r in rows]

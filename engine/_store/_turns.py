@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from engine import _history as h
 from engine._codec import decode_json, encode_json
 from engine._replay import TurnOutcome
+from engine._store._gates import NEW, WOKEN, SlotRequest, settle_txn, wants_slot
 from engine._store._locking import joined, locked, sorted_params
 from engine._store._rows import step_record, step_values
 from engine._store._schema import events, instances, step_attempts, steps, timers
@@ -32,13 +33,11 @@ class Leased:
     Attributes:
         snapshots: Instances leased, with history loaded, to replay.
         busy: Ids leased by another worker (flagged ``needs_turn``).
-        terminated: Instances a pending ``terminate`` ended in this transaction.
         restarted: Instances a pending ``restart`` reset in this transaction.
     """
 
     snapshots: list[h.InstanceSnapshot]
     busy: list[str]
-    terminated: list[h.InstanceSnapshot] = field(default_factory=list)
     restarted: list[h.InstanceSnapshot] = field(default_factory=list)
 
 
@@ -66,24 +65,21 @@ async def acquire_txn(
             needs_turn=case((free, False), else_=True),
         )
         .returning(c.pk, c.instance_id, c.lease_owner, c.fence, c.status, c.params,
-                   c.created_at_ms, c.started_at_ms, c.paused, c.control)
+                   c.created_at_ms, c.started_at_ms, c.paused, c.control, c.slot,
+                   c.admit_priority)
     )).all()
     snapshots = [
         h.InstanceSnapshot(
             pk=r.pk, workflow=workflow, instance_id=r.instance_id,
             params=decode_json(r.params), status=r.status, created_at_ms=r.created_at_ms,
             fence=r.fence, started_at_ms=r.started_at_ms, paused=r.paused,
-            control=decode_json(r.control),
+            control=decode_json(r.control), slot=r.slot, admit_priority=r.admit_priority,
         )
         for r in rows if r.lease_owner == owner
     ]
     leased = Leased([], [r.instance_id for r in rows if r.lease_owner != owner])
     for snap in snapshots:
         op = (snap.control or {}).get("op")
-        if op == "terminate" and not (snap.control or {}).get("rollback"):
-            await _terminate_txn(conn, snap, now_ms)
-            leased.terminated.append(snap)
-            continue
         if op == "restart":
             await reset_history_txn(conn, snap, (snap.control or {}).get("from_step"))
             leased.restarted.append(snap)
@@ -105,20 +101,6 @@ async def acquire_txn(
             by_pk[row.instance_pk].events.append(h.PendingEvent(
                 row.pk, row.event_type, decode_json(row.payload), row.received_at_ms))
     return leased
-
-
-async def _terminate_txn(conn: AsyncConnection, snap: h.InstanceSnapshot, now_ms: int) -> None:
-    """End an instance as ``terminated``: in-flight attempts' results will match no row."""
-    await conn.execute(
-        update(instances).where(instances.c.pk == snap.pk).values(
-            status=h.TERMINATED, ended_at_ms=now_ms, control=None, lease_owner=None,
-            lease_expires_ms=None)
-    )
-    await conn.execute(
-        update(steps).where(steps.c.instance_pk == snap.pk, steps.c.state == h.RUNNING)
-        .values(attempt_token=None, heartbeat_at_ms=None)
-    )
-    await conn.execute(delete(timers).where(timers.c.instance_pk == snap.pk))
 
 
 async def reset_history_txn(
@@ -154,16 +136,30 @@ async def reset_history_txn(
     snap.status, snap.control, snap.paused = h.STATUS_RUNNING, None, False
 
 
+@dataclass(slots=True)
+class Committed:
+    """Result of :func:`commit_txn`.
+
+    Attributes:
+        held: Instances whose outcome was committed (still leased by us).
+        again: Instances that got a message while we held them: they need another turn.
+        denied: Instances that would have run but got no concurrency slot (now queued;
+            their outcome was not committed).
+        admitted: Other instances given a freed slot: (workflow, instance_id) to wake.
+    """
+
+    held: set[int] = field(default_factory=set)
+    again: set[int] = field(default_factory=set)
+    denied: set[int] = field(default_factory=set)
+    admitted: list[tuple[str, str]] = field(default_factory=list)
+
+
 async def commit_txn(
     conn: AsyncConnection, owner: str, results: Sequence[tuple[h.InstanceSnapshot, TurnOutcome]],
     worker: str, now_ms: int,
-) -> tuple[set[int], set[int]]:
-    """Persist the outcomes of instances still leased by ``owner`` and release their leases.
-
-    Returns:
-        The pks committed, and the pks whose ``needs_turn`` was set meanwhile (they need
-        another turn).
-    """
+) -> Committed:
+    """Settle slots, persist the outcomes of instances still leased by ``owner`` and release
+    their leases."""
     pks = [snap.pk for snap, _ in results]
     mine = locked(instances, instances.c.pk.in_(pks), instances.c.lease_owner == owner)
     released = (await conn.execute(
@@ -172,12 +168,22 @@ async def commit_txn(
         .values(lease_owner=None, lease_expires_ms=None)
         .returning(instances.c.pk, instances.c.needs_turn)
     )).all()
-    held = {r.pk for r in released}
-    again = {r.pk for r in released if r.needs_turn}
-    kept = [(snap, out) for snap, out in results if snap.pk in held]
+    done = Committed(held={r.pk for r in released}, again={r.pk for r in released if r.needs_turn})
+    kept = [(snap, out) for snap, out in results if snap.pk in done.held]
     if not kept:
-        return held, again
+        return done
+    settlement = await settle_txn(conn, kept[0][0].workflow, [
+        SlotRequest(pk=snap.pk, had_slot=snap.slot, wants_slot=wants_slot(out.status),
+                    queued=snap.admit_priority is not None,
+                    priority=NEW if snap.status == h.QUEUED else WOKEN)
+        for snap, out in kept
+    ], now_ms)
+    done.denied, done.admitted = settlement.denied, settlement.admitted
+    kept = [(snap, out) for snap, out in kept if snap.pk not in done.denied]
+    if not kept:
+        return done
     await _write_instances(conn, kept, now_ms)
+    await _finish_txn(conn, [(snap, out) for snap, out in kept if out.finished])
     inserted = [(snap.pk, r) for snap, out in kept for r in out.inserted]
     if inserted:
         await conn.execute(insert(steps), sorted_params([
@@ -223,7 +229,21 @@ async def commit_txn(
                   for snap, out in kept for key, due in out.timers_set.items()]
     if timer_rows:
         await conn.execute(insert(timers), timer_rows)
-    return held, again
+    return done
+
+
+async def _finish_txn(
+    conn: AsyncConnection, ended: Sequence[tuple[h.InstanceSnapshot, TurnOutcome]]
+) -> None:
+    """Clean up after instances that ended: no timers left, and results of attempts still
+    in flight (terminate) can no longer land."""
+    pks = [snap.pk for snap, _ in ended]
+    if not pks:
+        return
+    await conn.execute(delete(timers).where(timers.c.instance_pk.in_(pks)))
+    doomed = locked(steps, steps.c.instance_pk.in_(pks), steps.c.state == h.RUNNING)
+    await conn.execute(update(steps).where(joined(steps, doomed))
+                       .values(attempt_token=None, heartbeat_at_ms=None))
 
 
 def _runner(record: h.StepRecord, worker: str, now_ms: int) -> dict[str, Any]:
