@@ -13,6 +13,7 @@ from broker import Broker, Envelope, OutgoingMessage, broker_from_url
 from engine._history import FINISHED_STATUSES
 from engine._lifecycle import lifecycle_message
 from engine._store._control import control_txn
+from engine._store._gates import gate_counts
 from engine._clock import now_ms
 from engine._codec import encode_json
 from engine._settings import Settings
@@ -133,6 +134,11 @@ class EngineClientBackend:
         for row in page:
             row.pop("pk")
         return page, next_cursor
+
+    async def counts(self, workflow: str) -> dict[str, Any]:
+        await self.connect()
+        async with self._db.reading() as conn:
+            return await gate_counts(conn, workflow)
 
     async def workflows(self) -> list[str]:
         await self.connect()

@@ -17,7 +17,7 @@ from broker import Broker, Envelope, OutgoingMessage
 from engine._clock import now_ms
 from engine._store import _sweeps as q
 from engine._store._database import Database
-from engine._store._gates import admit_all_txn, reconcile_txn
+from engine._store._gates import admit_all_txn, all_gate_counts, reconcile_txn
 
 log = structlog.get_logger("warren.sweeper")
 
@@ -71,6 +71,8 @@ class Sweeper:
         async with self._db.transaction() as conn:
             if self._sweeps % _RECONCILE_EVERY == 0:
                 await reconcile_txn(conn)
+                for counts in await all_gate_counts(conn):
+                    log.info("gate", **counts)
             # Slots that free up with time (creation rate tokens) or after repairs.
             pokes += await admit_all_txn(conn, now)
         async with self._db.reading() as conn:

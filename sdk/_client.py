@@ -87,6 +87,7 @@ class ClientBackend(Protocol):
         self, workflow: str, status: str | None, limit: int, cursor: str | None
     ) -> tuple[list[dict[str, Any]], str | None]: ...
     async def workflows(self) -> list[str]: ...
+    async def counts(self, workflow: str) -> dict[str, Any]: ...
     def subscribe(
         self, workflow: str | None, instance_id: str | None
     ) -> AsyncIterator[dict[str, Any]]: ...
@@ -235,6 +236,11 @@ class Workflow:
             raise ValidationError(f"unknown status {status!r}; one of {sorted(STATUSES)}")
         items, next_cursor = await self._client._backend.list(self.name, status, limit, cursor)
         return Page([InstanceStatus.from_dict(i) for i in items], next_cursor)
+
+    async def counts(self) -> dict[str, Any]:
+        """Instances ``running`` (holding a slot), ``queued`` for a slot and ``waiting``
+        (sleeping, waiting for an event or a retry), with the limits in force."""
+        return await self._client._backend.counts(self.name)
 
     async def get(self, id: str) -> Instance:
         """The instance with ``id``. Raises :class:`InstanceNotFoundError` if unknown."""

@@ -286,3 +286,10 @@ async def gate_counts(conn: AsyncConnection, workflow: str) -> dict[str, Any]:
         "queued": row.queued if row else 0, "waiting": int(waiting or 0),
         "max_running": row.max_running if row else None, "rate": row.rate if row else None,
     }
+
+
+async def all_gate_counts(conn: AsyncConnection) -> list[dict[str, Any]]:
+    """``running`` / ``queued`` of every gate (the metrics the sweeper logs)."""
+    rows = (await conn.execute(select(gates).order_by(gates.c.workflow))).all()
+    return [{"workflow": r.workflow, "running": r.running, "queued": r.queued,
+             "max_running": r.max_running} for r in rows]
