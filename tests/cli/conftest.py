@@ -78,29 +78,30 @@ class DevServer:
 
 def start_dev(database: Path, workdir: Path, *modules: str) -> DevServer:
     """Start ``warren dev`` on ``database`` and wait for its banner."""
-    log = workdir / f"dev-{time.monotonic_ns()}.log"
-    banner = log.with_suffix(".out")
     env = clean_env(
         WARREN_DATABASE_URL=f"sqlite+aiosqlite:///{database}",
         WARREN_API_TOKEN=TOKEN,
         WARREN_SWEEP_INTERVAL="0.2",
     )
+    return start_server(["dev", *(modules or [WORKFLOWS]), "--port", "0"], env, workdir)
+
+
+def start_server(args: list[str], env: dict[str, str], workdir: Path) -> DevServer:
+    """Start ``warren ARGS`` (``dev`` or ``api``) and wait for the API URL in its banner."""
+    log = workdir / f"server-{time.monotonic_ns()}.log"
+    banner = log.with_suffix(".out")
     with banner.open("wb") as out, log.open("wb") as err:
-        proc = subprocess.Popen(
-            [WARREN, "dev", *(modules or [WORKFLOWS]), "--port", "0"],
-            env=env,
-            cwd=workdir,
-            stdout=out,
-            stderr=err,
-        )
+        proc = subprocess.Popen([WARREN, *args], env=env, cwd=workdir, stdout=out, stderr=err)
 
     def url() -> str | None:
         if proc.poll() is not None:
-            raise RuntimeError(f"warren dev exited {proc.returncode}: {log.read_text()[-2000:]}")
+            raise RuntimeError(
+                f"warren {args[0]} exited {proc.returncode}: {log.read_text()[-2000:]}"
+            )
         match = re.search(r"^\s+API\s+(http://\S+)$", banner.read_text(), re.MULTILINE)
         return match.group(1) if match else None
 
-    return DevServer(proc, wait_until(url, timeout=30, what="warren dev banner"), log)
+    return DevServer(proc, wait_until(url, timeout=30, what=f"warren {args[0]} banner"), log)
 
 
 def warren(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +13,17 @@ from engine._http._remote import ApiClient
 from tests.cli.conftest import (
     REPO,
     TOKEN,
+    WARREN,
+    WORKFLOWS,
     DevServer,
     clean_env,
     start_dev,
+    start_server,
     wait_until,
     warren,
     warren_json,
 )
+from tests.stacks import Stack
 
 
 def _status(dev: DevServer, workflow: str, instance_id: str) -> dict[str, Any]:
@@ -238,3 +243,29 @@ def test_dev_killed_mid_sleep_resumes_after_restart(tmp_path: Path) -> None:
     assert (before["name"], nap["name"], after["name"]) == ("before", "nap", "after")
     assert len(before["attempts"]) == 1  # not re-run after the crash
     assert nap["type"] == "sleep" and nap["success"] is True
+
+
+def test_api_and_worker_processes_share_rabbitmq_and_postgres(
+    real_stack: Stack, tmp_path: Path
+) -> None:
+    """The docker-compose topology without Docker: `warren worker` + `warren api` processes."""
+    env = clean_env(**real_stack.env, WARREN_API_TOKEN=TOKEN, WARREN_SWEEP_INTERVAL="0.2")
+    worker = subprocess.Popen(
+        [WARREN, "worker", WORKFLOWS],
+        env=env,
+        cwd=tmp_path,
+        stderr=subprocess.DEVNULL,
+    )
+    api = start_server(["api", "--port", "0"], env, tmp_path)
+    try:
+        assert "postgresql+asyncpg://" in (api.log.with_suffix(".out")).read_text()
+        assert warren("trigger", "approval", "--id", "split-1", env=api.env).returncode == 0
+        _wait_status(api, "approval", "split-1", "waiting")
+        result = warren("send-event", "approval", "split-1", "approval", '"ok"', env=api.env)
+        assert result.returncode == 0, result.stderr
+        done = _wait_status(api, "approval", "split-1", "complete")
+        assert done["output"] == {"approved_by": "ok"}
+    finally:
+        assert api.stop() == 0
+        worker.terminate()
+        assert worker.wait(timeout=20) == 0
