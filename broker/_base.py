@@ -132,6 +132,15 @@ class Broker(abc.ABC):
         """
 
     @abc.abstractmethod
+    async def consume_unroutable(self, handler: DeliveryHandler, *, prefetch: int) -> Consumer:
+        """Deliver ``create``/``events`` messages that matched no workflow queue.
+
+        Publishers outside Warren do not ask for returns, and RabbitMQ drops unroutable
+        messages silently; an alternate exchange keeps them here so the engine can
+        dead-letter them with a reason instead.
+        """
+
+    @abc.abstractmethod
     def subscribe(self, exchange: Exchange, binding_key: str) -> AsyncIterator[Delivery]:
         """Iterate over messages published to a topic/fanout exchange from now on.
 

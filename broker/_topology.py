@@ -141,6 +141,17 @@ class Topology:
         return f"{self.namespace}.{logical}"
 
     @property
+    def unroutable(self) -> str:
+        """Alternate exchange of ``create`` and ``events``, and the queue bound to it."""
+        return f"{self.namespace}.unroutable"
+
+    def exchange_arguments(self, logical: Exchange) -> dict[str, str]:
+        """Declare arguments: contract inputs fall back to :meth:`unroutable`."""
+        if logical in ("create", "events"):
+            return {"alternate-exchange": self.unroutable}
+        return {}
+
+    @property
     def dead_queue(self) -> str:
         """The durable queue that retains dead-lettered messages."""
         return f"{self.namespace}.dead"

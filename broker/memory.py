@@ -98,6 +98,8 @@ class _State:
         self.bindings: dict[Exchange, list[tuple[str, _Sink]]] = {e: [] for e in EXCHANGE_TYPES}
         self.dead = _Queue()
         self.bind("dead", "#", self.dead)
+        # Like RabbitMQ's alternate exchange on create/events: kept for the engine to reject.
+        self.unroutable = _Queue()
         self._timers: list[tuple[float, int, _Message]] = []
         self._seq = itertools.count()
         self._timer: asyncio.TimerHandle | None = None
@@ -359,7 +361,11 @@ class MemoryBroker(Broker):
                     unroutable.append(f"{out.exchange}:{out.routing_key}")
                 else:
                     self._state.schedule(msg, loop.time() + out.delay_ms / 1000, loop)
-            elif not self._state.deliver(msg) and out.exchange not in UNCHECKED_EXCHANGES:
+            elif self._state.deliver(msg) or out.exchange in UNCHECKED_EXCHANGES:
+                pass
+            elif out.exchange in ("create", "events"):
+                self._state.unroutable.put(msg)
+            else:
                 unroutable.append(f"{out.exchange}:{out.routing_key}")
         if unroutable:
             raise PublishError(f"unroutable: {', '.join(unroutable)}")
@@ -374,6 +380,17 @@ class MemoryBroker(Broker):
         self._consumers.add(consumer)
         queue.consumers.append(consumer)
         self._state.arm(loop)  # pick up delays left by an earlier event loop
+        queue.dispatch()
+        return consumer
+
+    async def consume_unroutable(self, handler: DeliveryHandler, *, prefetch: int) -> Consumer:
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+        self._check_connected()
+        queue = self._state.unroutable
+        consumer = _MemoryConsumer(self, queue, handler, prefetch, asyncio.get_running_loop())
+        self._consumers.add(consumer)
+        queue.consumers.append(consumer)
         queue.dispatch()
         return consumer
 

@@ -372,11 +372,19 @@ class RabbitBroker(Broker):
         raw = await channel.get_underlay_channel()
         topology = self.topology
         exchanges = {topology.exchange(e): kind for e, kind in EXCHANGE_TYPES.items()}
+        arguments_of = {topology.exchange(e): topology.exchange_arguments(e)
+                        for e in EXCHANGE_TYPES}
         exchanges[topology.delay_deliver_exchange] = "topic"
         for level in range(topology.delay_levels):
             exchanges[topology.delay_exchange(level)] = "topic"
+        # Declared before the exchanges that name it as their alternate exchange.
+        await raw.exchange_declare(topology.unroutable, exchange_type="fanout", durable=True,
+                                   nowait=True)
+        await raw.queue_declare(topology.unroutable, durable=True, nowait=True)
+        await raw.queue_bind(topology.unroutable, topology.unroutable, nowait=True)
         for name, kind in exchanges.items():
-            await raw.exchange_declare(name, exchange_type=kind, durable=True, nowait=True)
+            await raw.exchange_declare(name, exchange_type=kind, durable=True, nowait=True,
+                                       arguments=_table(arguments_of.get(name, {})))
         await raw.queue_declare(topology.dead_queue, durable=True, nowait=True)
         await raw.queue_bind(topology.dead_queue, topology.exchange("dead"), nowait=True)
         for level in range(topology.delay_levels):
@@ -494,6 +502,17 @@ class RabbitBroker(Broker):
         )
         consumer = _RabbitConsumer(self, channel, handler)
         # Manual acks; never message.process(), whose default rejects without requeue.
+        await queue.consume(consumer.on_message, no_ack=False)
+        self._consumers.add(consumer)
+        return consumer
+
+    async def consume_unroutable(self, handler: DeliveryHandler, *, prefetch: int) -> Consumer:
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+        channel = await self._require_connection().channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=prefetch)
+        queue = await channel.declare_queue(self.topology.unroutable, durable=True)
+        consumer = _RabbitConsumer(self, channel, handler)
         await queue.consume(consumer.on_message, no_ack=False)
         self._consumers.add(consumer)
         return consumer

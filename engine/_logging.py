@@ -16,7 +16,9 @@ def configure_logging(level: str | None = None) -> None:
     if not isinstance(numeric, int):
         numeric = logging.INFO
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer() if sys.stderr.isatty()
+        # Plain tracebacks: rich's, with local variables, take seconds to render.
+        structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+        if sys.stderr.isatty()
         else structlog.processors.JSONRenderer()
     )
     structlog.configure(

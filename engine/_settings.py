@@ -7,8 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from engine._store._database import DEFAULT_DATABASE_URL
 from sdk.errors import ValidationError
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///warren.db"
 
 
 @dataclass(frozen=True, slots=True)

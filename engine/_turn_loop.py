@@ -234,6 +234,16 @@ class TurnLoop:
             await self._broker.publish(messages)
 
 
+async def reject_unroutable(delivery: Delivery) -> None:
+    """Dead-letter a create/event message that no workflow queue took, saying why."""
+    workflow = delivery.routing_key.split(".", 1)[0]
+    reason = (f"no workflow named {workflow!r} is served (unroutable {delivery.exchange} "
+              "message; start a worker for it before publishing)")
+    log.warning("message rejected", exchange=delivery.exchange,
+                routing_key=delivery.routing_key, reason=reason)
+    await delivery.dead_letter(reason)
+
+
 class _Rejected(Exception):
     """A well-formed message that cannot be accepted (duplicate id, unknown instance, …)."""
 

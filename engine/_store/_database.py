@@ -13,12 +13,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlmodel import SQLModel
 
+from engine._settings import DEFAULT_DATABASE_URL
 from engine._store import _schema as schema
-from sdk.errors import ValidationError
+from sdk.errors import EngineUnavailableError, ValidationError
 
 log = structlog.get_logger("warren.store")
 
-DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///warren.db"
 
 
 class Database:
@@ -58,6 +58,14 @@ class Database:
             await conn.run_sync(SQLModel.metadata.create_all)
             await _insert_missing(conn, schema.meta, {"key": "schema_version"},
                                   {"value": str(schema.SCHEMA_VERSION)})
+            found = (await conn.execute(select(schema.meta.c.value).where(
+                schema.meta.c.key == "schema_version"))).scalar()
+            if found != str(schema.SCHEMA_VERSION):
+                raise EngineUnavailableError(
+                    f"the database {_safe(self.url)} has Warren schema version {found}, this "
+                    f"release needs {schema.SCHEMA_VERSION}; there is no automatic migration "
+                    "between pre-release schemas: use a new database (or delete the SQLite file)"
+                )
             await _insert_missing(conn, schema.engine_leases, {"name": "sweeper"},
                                   {"owner": None, "expires_at_ms": 0})
 
@@ -101,3 +109,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
+
+
+def _safe(url: str) -> str:
+    return url.split("@", 1)[-1] if "@" in url else url

@@ -252,25 +252,31 @@ async def test_internal_routes_by_workflow_name(broker: Broker) -> None:
     assert (inbox.deliveries[0].exchange, inbox.deliveries[0].routing_key) == ("internal", wf)
 
 
-@pytest.mark.parametrize(
-    "message",
-    [
-        OutgoingMessage("create", "nosuchworkflow", b"{}"),
-        OutgoingMessage("events", "nosuchworkflow.i1.approval", b"{}"),
-        OutgoingMessage("internal", "nosuchworkflow", b"{}"),
-    ],
-    ids=["create", "events", "internal"],
-)
-async def test_unroutable_publish_raises(broker: Broker, message: OutgoingMessage) -> None:
+async def test_unroutable_internal_publish_raises(broker: Broker) -> None:
     with pytest.raises(PublishError):
-        await broker.publish([message])
+        await broker.publish([OutgoingMessage("internal", "nosuchworkflow", b"{}")])
+
+
+async def test_unroutable_contract_messages_are_kept_for_the_engine(broker: Broker) -> None:
+    # Foreign publishers get no returns: create/events for no workflow must not vanish.
+    await broker.publish([
+        OutgoingMessage("create", "nosuchworkflow", b'{"n": 1}'),
+        OutgoingMessage("events", "nosuchworkflow.i1.approval", b'{"n": 2}'),
+    ])
+    inbox = Inbox()
+    await broker.consume_unroutable(inbox, prefetch=10)
+    await inbox.wait(2)
+    got = sorted((d.exchange, d.routing_key, d.body) for d in inbox.deliveries)
+    assert got == [("create", "nosuchworkflow", b'{"n": 1}'),
+                   ("events", "nosuchworkflow.i1.approval", b'{"n": 2}')]
 
 
 async def test_batch_with_unroutable_message_raises_but_delivers_the_rest(broker: Broker) -> None:
     wf = new_workflow()
     await broker.declare_workflow(wf)
     with pytest.raises(PublishError):
-        await broker.publish([create(wf, b"ok"), create("nosuchworkflow", b"lost")])
+        await broker.publish([create(wf, b"ok"), OutgoingMessage("internal", "nosuchworkflow",
+                                                                 b"lost")])
     inbox = Inbox()
     await broker.consume(wf, inbox, prefetch=10)
     await inbox.wait(1)
@@ -497,7 +503,7 @@ async def test_shared_memory_brokers_see_the_same_queues() -> None:
     other = broker_from_url(f"memory://{name}-other")
     async with other:
         with pytest.raises(PublishError):
-            await other.publish([create("wf")])
+            await other.publish([OutgoingMessage("internal", "wf", b"{}")])
 
 
 async def test_rabbit_connect_gives_up_after_bounded_retries() -> None:

@@ -333,3 +333,18 @@ async def _get(client: Client, instance_id: str) -> Any:
         return await client.workflow("approval").get(instance_id)
     except InstanceNotFoundError:
         return None
+
+
+async def test_messages_for_unknown_workflows_are_dead_lettered(stack: Stack) -> None:
+    async with stack.running([Approval]):
+        async with broker_from_url(stack.broker_url, stack.namespace) as outsider:
+            await outsider.publish([
+                OutgoingMessage("create", "no-such-workflow", b'{"params": 1}'),
+                OutgoingMessage("events", "no-such-workflow.i1.go", b"{}"),
+            ])
+            reasons = []
+            for _ in range(2):
+                dead = await outsider.get_dead(timeout_s=10)  # type: ignore[attr-defined]
+                assert dead is not None
+                reasons.append(str(dead.headers[REASON_HEADER]))
+    assert all("no workflow named 'no-such-workflow'" in r for r in reasons)
