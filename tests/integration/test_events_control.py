@@ -348,3 +348,33 @@ async def test_messages_for_unknown_workflows_are_dead_lettered(stack: Stack) ->
                 assert dead is not None
                 reasons.append(str(dead.headers[REASON_HEADER]))
     assert all("no workflow named 'no-such-workflow'" in r for r in reasons)
+
+
+async def test_create_and_event_from_a_c_client_amqp_publish(real_stack: Stack) -> None:
+    """The wire protocol is language-neutral: rabbitmq-c's amqp-publish, no Python."""
+    import shutil
+    import subprocess
+    from urllib.parse import unquote, urlsplit
+
+    tool = shutil.which("amqp-publish")
+    if tool is None:
+        from tests.helpers import in_ci
+
+        if in_ci():
+            pytest.fail("amqp-publish (Debian package amqp-tools) is missing; .ci/run installs it")
+        pytest.skip("amqp-publish (amqp-tools) not installed")
+    vhost = unquote(urlsplit(real_stack.broker_url).path[1:]) or "/"
+
+    def publish(exchange: str, routing_key: str, body: str) -> None:
+        subprocess.run([tool, "--server=127.0.0.1", "--username=guest", "--password=guest",
+                        f"--vhost={vhost}", "-e", f"{real_stack.namespace}.{exchange}",
+                        "-r", routing_key, "-p", "-C", "application/json", "-b", body],
+                       check=True, timeout=30)
+
+    async with real_stack.running([Approval]) as client:
+        publish("create", "approval", '{"id": "from-c", "params": {"doc": "c"}}')
+        inst = await eventually(lambda: _get(client, "from-c"), timeout=10)
+        await inst.wait_for_status("waiting", timeout=10)
+        publish("events", "approval.from-c.approval", '{"by": "a C program"}')
+        st = await inst.wait_for_status("complete", timeout=10)
+    assert st.output["approved_by"] == "a C program"
