@@ -142,3 +142,33 @@ async def test_kill_9_during_rollback_second_worker_finishes_it(
     assert ran[("undo-a", "start")] == ran[("undo-a", "done")] == 1
     order = [step for _, step, _, phase in effects_of(effects) if phase == "done"]
     assert order[-3:] == ["undo-c", "undo-b", "undo-a"]
+
+
+async def test_kill_9_with_slots_held_counts_recover_and_admission_goes_on(
+    real_stack: Stack, tmp_path: Path
+) -> None:
+    effects = tmp_path / "effects.log"
+    async with real_stack.client() as client:
+        wf = client.workflow("gated-crash")
+        with worker_processes(real_stack, effects) as (first,):
+            instances = await wf.create_batch([{"params": None}] * 8)
+            await eventually(lambda: len(effects_of(effects)) == 3, timeout=30,
+                             message="three instances running")
+            counts = await wf.counts()
+            assert (counts["running"], counts["queued"]) == (3, 5)
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=10)
+        peak = 0
+        with worker_processes(real_stack, effects):
+            async def all_done() -> bool:
+                nonlocal peak
+                peak = max(peak, (await wf.counts())["running"])
+                states = [(await i.status()).status for i in instances]
+                return all(s == "complete" for s in states)
+
+            await eventually(all_done, timeout=90, interval=0.3, message="all 8 complete")
+        final = await wf.counts()
+    assert peak <= 3
+    assert (final["running"], final["queued"]) == (0, 0)
+    ran = Counter((i, attempt, phase) for i, _, attempt, phase in effects_of(effects))
+    assert sum(1 for (_, _, phase) in ran if phase == "done") == 8

@@ -100,3 +100,20 @@ class SagaCrash(WorkflowEntrypoint):
             raise RuntimeError("d failed")
 
         await step.do("d", fail, retries={"limit": 0})
+
+
+class GatedCrash(WorkflowEntrypoint):
+    """At most 3 at once; first attempts hold their slot long enough to be killed."""
+
+    max_concurrency = 3
+
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        iid = event.instance_id
+
+        async def work(ctx: Any) -> str:
+            record(iid, "work", ctx.attempt, "start")
+            await asyncio.sleep(5 if ctx.attempt == 1 else 0.2)
+            record(iid, "work", ctx.attempt, "done")
+            return "ok"
+
+        return await step.do("work", work, retries={"limit": 3, "delay": "100 milliseconds"})
