@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import builtins
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -10,14 +11,14 @@ from typing import Any
 import orjson
 
 from broker import Broker, Envelope, OutgoingMessage, broker_from_url
-from engine._history import FINISHED_STATUSES
-from engine._lifecycle import lifecycle_message
-from engine._store._control import control_txn
-from engine._store._gates import gate_counts
 from engine._clock import now_ms
 from engine._codec import encode_json
+from engine._history import FINISHED_STATUSES
+from engine._lifecycle import lifecycle_message
 from engine._settings import Settings
+from engine._store._control import control_txn
 from engine._store._database import Database
+from engine._store._gates import gate_counts
 from engine._store._instances import (
     NewInstance,
     create_instances_txn,
@@ -124,7 +125,7 @@ class EngineClientBackend:
 
     async def list(
         self, workflow: str, status: str | None, limit: int, cursor: str | None
-    ) -> tuple[list[dict[str, Any]], str | None]:
+    ) -> tuple[builtins.list[dict[str, Any]], str | None]:
         await self.connect()
         after = _decode_cursor(cursor)
         async with self._db.reading() as conn:
@@ -140,7 +141,7 @@ class EngineClientBackend:
         async with self._db.reading() as conn:
             return await gate_counts(conn, workflow)
 
-    async def workflows(self) -> list[str]:
+    async def workflows(self) -> builtins.list[str]:
         await self.connect()
         async with self._db.reading() as conn:
             return await workflow_names(conn)

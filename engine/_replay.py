@@ -14,7 +14,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from engine import _history as h
@@ -175,7 +175,7 @@ class _Replay(SagaMixin):
         self._calls: dict[str, _Call] = {}
         self._new: list[_Call] = []
         self._counts: Counter[str] = Counter()
-        self._loop = ReplayLoop()
+        self._loop = ReplayLoop()  # type: ignore[abstract]  # I/O methods are never used
         self._next_completed = 1 + max((r.completed_seq or 0 for r in instance.steps), default=0)
         self._next_start = 1 + max((r.start_seq for r in instance.steps), default=0)
         self._divergence: NonDeterminismError | None = None
@@ -221,7 +221,7 @@ class _Replay(SagaMixin):
         inst = self.instance
         event = WorkflowEvent(
             payload=inst.params, instance_id=inst.instance_id, workflow=inst.workflow,
-            timestamp=datetime.fromtimestamp(inst.created_at_ms / 1000, tz=timezone.utc),
+            timestamp=datetime.fromtimestamp(inst.created_at_ms / 1000, tz=UTC),
         )
         task = self._loop.create_task(self._workflow().run(event, _ReplayStep(self)))
         self._loop.run_until_idle()
@@ -324,7 +324,7 @@ class _Replay(SagaMixin):
             out = record.output or {}
             call.future.set_result(ReceivedEvent(
                 type=out.get("type", ""), payload=out.get("payload"),
-                timestamp=datetime.fromtimestamp(out.get("timestamp", 0) / 1000, tz=timezone.utc),
+                timestamp=datetime.fromtimestamp(out.get("timestamp", 0) / 1000, tz=UTC),
             ))
         else:
             call.future.set_result(record.output)

@@ -41,7 +41,7 @@ class ReplayLoop(asyncio.AbstractEventLoop):
             asyncio.events._set_running_loop(outer)
 
     # -- what asyncio's futures and tasks need ------------------------------------------
-    def call_soon(
+    def call_soon(  # type: ignore[override]
         self, callback: Callable[..., object], *args: Any,
         context: contextvars.Context | None = None,
     ) -> asyncio.Handle:

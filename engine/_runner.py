@@ -89,7 +89,8 @@ class StepRunner:
                          attempt=a.attempt)
         async with self._slots:
             ctx = StepContext(StepInfo(a.name, a.count), a.attempt, a.config)
-            ok, output, error = False, None, None
+            ok, output = False, None
+            error: dict[str, Any] | None = None
             try:
                 value = await asyncio.wait_for(_invoke(a.fn, ctx),
                                                a.config.timeout.total_seconds())

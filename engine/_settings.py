@@ -55,7 +55,7 @@ class Settings:
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
         """Settings from the environment, with non-``None`` ``overrides`` applied on top."""
-        env = {
+        env: dict[str, Any] = {
             "broker_url": os.environ.get("WARREN_BROKER_URL") or None,
             "database_url": os.environ.get("WARREN_DATABASE_URL") or DEFAULT_DATABASE_URL,
             "namespace": os.environ.get("WARREN_NAMESPACE") or "warren",

@@ -19,17 +19,16 @@ import orjson
 import structlog
 
 from broker import Broker, Delivery, Envelope, EnvelopeError, OutgoingMessage
+from engine import _history as h
 from engine._clock import now_ms
-from engine._codec import encode_json, error_dict
+from engine._codec import MAX_VALUE_BYTES, encode_json, error_dict
+from engine._history import FINISHED_STATUSES
+from engine._lifecycle import lifecycle_message
 from engine._replay import TurnOutcome, replay
 from engine._runner import StepJob, StepRunner
 from engine._store._database import Database
-from engine._store._instances import NewInstance, create_from_message_txn
-from engine import _history as h
-from engine._codec import MAX_VALUE_BYTES
-from engine._history import FINISHED_STATUSES
 from engine._store._events import store_event_txn
-from engine._lifecycle import lifecycle_message
+from engine._store._instances import NewInstance, create_from_message_txn
 from engine._store._turns import Committed, acquire_txn, commit_txn
 from sdk._config import check_event_type, check_instance_id
 from sdk._workflow import WorkflowEntrypoint

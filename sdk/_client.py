@@ -8,6 +8,7 @@ pulls in nothing of the engine.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import time
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,9 +46,13 @@ class InstanceStatus:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> InstanceStatus:
-        return cls(**{k: data.get(k) for k in (
-            "id", "workflow", "status", "params", "output", "error", "rollback",
-            "created", "started", "ended")}, steps=list(data.get("steps") or []))
+        return cls(
+            id=data["id"], workflow=data["workflow"], status=data["status"],
+            params=data.get("params"), output=data.get("output"), error=data.get("error"),
+            rollback=data.get("rollback"), created=data.get("created"),
+            started=data.get("started"), ended=data.get("ended"),
+            steps=list(data.get("steps") or []),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,8 +90,8 @@ class ClientBackend(Protocol):
     ) -> None: ...
     async def list(
         self, workflow: str, status: str | None, limit: int, cursor: str | None
-    ) -> tuple[list[dict[str, Any]], str | None]: ...
-    async def workflows(self) -> list[str]: ...
+    ) -> tuple[builtins.list[dict[str, Any]], str | None]: ...
+    async def workflows(self) -> builtins.list[str]: ...
     async def counts(self, workflow: str) -> dict[str, Any]: ...
     def subscribe(
         self, workflow: str | None, instance_id: str | None
@@ -229,7 +234,7 @@ class Workflow:
     async def list(
         self, status: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> Page:
-        """Instances newest first, ``limit`` (1–1000) at a time; stable under creation."""
+        """Instances newest first, ``limit`` (1 to 1000) at a time; stable under creation."""
         if not 1 <= limit <= 1000:
             raise ValidationError(f"limit must be between 1 and 1000, got {limit}")
         if status is not None and status not in STATUSES:

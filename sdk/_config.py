@@ -42,12 +42,13 @@ class RetryPolicy:
     def wait_after(self, attempt: int, ctx: Any, error: BaseException) -> timedelta:
         """Wait before the attempt after ``attempt`` (1-based) failed with ``error``."""
         if callable(self.delay):
-            return parse_duration(self.delay(ctx, error))
+            chosen: Duration = self.delay(ctx, error)
+            return parse_duration(chosen)
         if self.backoff == "constant":
             return self.delay
         if self.backoff == "linear":
             return self.delay * attempt
-        return self.delay * (2 ** (attempt - 1))
+        return self.delay * (1 << (attempt - 1))
 
     def to_json(self) -> dict[str, Any]:
         delay: Any = "callable" if callable(self.delay) else duration_ms(self.delay)
@@ -137,7 +138,8 @@ def check_event_type(value: object) -> str:
 
 
 def check_workflow_name(value: object) -> str:
-    """Return ``value`` if it is a valid workflow name (≤ 64 chars, ``[A-Za-z0-9_][A-Za-z0-9_-]*``)."""
+    """Return ``value`` if it is a valid workflow name: up to 64 characters of
+    ``[A-Za-z0-9_-]``, not starting with ``-``."""
     if not isinstance(value, str) or not _WORKFLOW_NAME.match(value):
         raise ValidationError(
             f"invalid workflow name {value!r}: use up to 64 characters of [A-Za-z0-9_-], "

@@ -4,7 +4,6 @@ Import them from tests, e.g. ``from tests.helpers import eventually``.
 """
 
 # A deadline parameter is the whole point of ``eventually``:
-# ruff: noqa: ASYNC109
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Stacks under test. The engine integration suite runs on every stack: RabbitMQ + PostgreSQL and the embedded
-broker + SQLite, so the two cannot drift apart."""
+"""Stacks under test. The engine integration suite runs on every stack (RabbitMQ + PostgreSQL
+and the embedded broker + SQLite), so the two cannot drift apart."""
 
 from __future__ import annotations
 
@@ -11,13 +11,12 @@ from typing import Any
 
 import asyncpg
 import pytest
+from sqlmodel import SQLModel
 
+import engine._store._schema  # noqa: F401  (registers the tables in SQLModel.metadata)
 from engine import Worker
 from sdk import Client, WorkflowEntrypoint
 from tests.helpers import asyncpg_dsn
-
-import engine._store._schema  # noqa: F401  (registers the tables in SQLModel.metadata)
-from sqlmodel import SQLModel
 
 WARREN_TABLES = tuple(t.name for t in SQLModel.metadata.sorted_tables)
 

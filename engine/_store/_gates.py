@@ -263,9 +263,9 @@ async def reconcile_txn(conn: AsyncConnection) -> None:
     c = instances.c
     names = (await conn.execute(select(gates.c.workflow))).scalars().all()
     gate_map = await _lock_gates(conn, names)
-    running = dict((await conn.execute(
+    running: dict[str, int] = dict((await conn.execute(
         select(c.workflow, func.count()).where(c.slot.is_(True)).group_by(c.workflow))).all())
-    queued = dict((await conn.execute(
+    queued: dict[str, int] = dict((await conn.execute(
         select(c.workflow, func.count()).where(c.admit_priority.is_not(None))
         .group_by(c.workflow))).all())
     for name, gate in gate_map.items():

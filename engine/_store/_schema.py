@@ -13,6 +13,12 @@ from sqlmodel import Field, SQLModel
 SCHEMA_VERSION = 2
 
 
+def _serial_pk() -> Column[int]:
+    # BIGSERIAL on PostgreSQL; SQLite autoincrements only a column typed exactly INTEGER.
+    return Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                  autoincrement=True)
+
+
 class GateRow(SQLModel, table=True):
     """Concurrency slots of one workflow, or of all of them (``workflow = '*'``).
 
@@ -83,7 +89,7 @@ class InstanceRow(SQLModel, table=True):
             sqlite_where=text("lease_owner IS NOT NULL"),
         ),
     )
-    pk: int | None = Field(default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True))
+    pk: int | None = Field(default=None, sa_column=_serial_pk())
     workflow: str = Field(max_length=64)
     instance_id: str = Field(max_length=100)
     status: str = Field(max_length=20)
@@ -155,7 +161,7 @@ class EventRow(SQLModel, table=True):
         Index("ux_events_message", "instance_pk", "message_id", unique=True),
         Index("ix_events_pending", "instance_pk", "consumed_by", "pk"),
     )
-    pk: int | None = Field(default=None, sa_column=Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True))
+    pk: int | None = Field(default=None, sa_column=_serial_pk())
     instance_pk: int = Field(sa_column=Column(BigInteger, nullable=False))
     event_type: str = Field(max_length=100)
     payload: str = Field(sa_column=Column(Text, nullable=False))

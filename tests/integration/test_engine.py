@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
@@ -56,7 +56,7 @@ async def test_three_step_workflow_completes_with_full_status(stack: Stack) -> N
     assert st.to_dict()["error"] is None and st.created and st.started and st.ended
     assert st.to_dict()["params"] == {"x": 21}
     # Completed steps never run again, although run() was replayed once per step.
-    assert RUNS == Counter({"fetch": 1, "double": 1, "store": 1})
+    assert Counter({"fetch": 1, "double": 1, "store": 1}) == RUNS
 
 
 class Flaky(WorkflowEntrypoint):
@@ -291,7 +291,7 @@ async def test_many_instances_complete_with_each_step_once(stack: Stack) -> None
                 [{"params": {"x": chunk * 100 + i}} for i in range(100)])
         for inst in instances:
             await inst.wait_for_status("complete", timeout=60)
-    assert RUNS == Counter({"fetch": 300, "double": 300, "store": 300})
+    assert Counter({"fetch": 300, "double": 300, "store": 300}) == RUNS
 
 
 async def test_store_survives_worker_restart_mid_sleep(stack: Stack) -> None:

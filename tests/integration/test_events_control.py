@@ -128,7 +128,7 @@ async def test_race_takes_first_event_and_replays_same_branch(stack: Stack) -> N
         await inst.send_event("finish", {})
         st = await inst.wait_for_status("complete", timeout=10)
     assert st.output == "failure"
-    assert RUNS == Counter({"failure": 1})
+    assert Counter({"failure": 1}) == RUNS
 
 
 async def test_relayed_webhook_with_message_id_is_delivered_once(stack: Stack) -> None:
@@ -234,11 +234,11 @@ async def test_pause_resume_terminate_restart(stack: Stack) -> None:
         # restart of a completed instance reruns everything; from_step keeps what came before.
         await inst.restart()
         await inst.wait_for_status("complete", timeout=10)
-        assert RUNS == Counter({"s1": 2, "s2": 2, "s3": 2})
+        assert Counter({"s1": 2, "s2": 2, "s3": 2}) == RUNS
         await inst.restart(from_step="s2")
         await eventually(lambda: RUNS["s3"] == 3, timeout=10)
         st = await inst.wait_for_status("complete", timeout=10)
-        assert RUNS == Counter({"s1": 2, "s2": 3, "s3": 3}) and st.output == ["s1", "s2", "s3"]
+        assert Counter({"s1": 2, "s2": 3, "s3": 3}) == RUNS and st.output == ["s1", "s2", "s3"]
         # terminate during a long step: its result is discarded, the next step never runs.
         doomed = await wf.create(params={"hold": 1.5})
         await eventually(lambda: RUNS["s1"] == 3, timeout=10)
@@ -336,17 +336,17 @@ async def _get(client: Client, instance_id: str) -> Any:
 
 
 async def test_messages_for_unknown_workflows_are_dead_lettered(stack: Stack) -> None:
-    async with stack.running([Approval]):
-        async with broker_from_url(stack.broker_url, stack.namespace) as outsider:
-            await outsider.publish([
-                OutgoingMessage("create", "no-such-workflow", b'{"params": 1}'),
-                OutgoingMessage("events", "no-such-workflow.i1.go", b"{}"),
-            ])
-            reasons = []
-            for _ in range(2):
-                dead = await outsider.get_dead(timeout_s=10)  # type: ignore[attr-defined]
-                assert dead is not None
-                reasons.append(str(dead.headers[REASON_HEADER]))
+    async with stack.running([Approval]), broker_from_url(stack.broker_url,
+                                                           stack.namespace) as outsider:
+        await outsider.publish([
+            OutgoingMessage("create", "no-such-workflow", b'{"params": 1}'),
+            OutgoingMessage("events", "no-such-workflow.i1.go", b"{}"),
+        ])
+        reasons = []
+        for _ in range(2):
+            dead = await outsider.get_dead(timeout_s=10)  # type: ignore[attr-defined]
+            assert dead is not None
+            reasons.append(str(dead.headers[REASON_HEADER]))
     assert all("no workflow named 'no-such-workflow'" in r for r in reasons)
 
 

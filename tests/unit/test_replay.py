@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -140,7 +140,7 @@ async def test_dag_dependencies_passed_in_order_and_run_once() -> None:
 class Sleeper(WorkflowEntrypoint):
     async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
         await step.sleep("nap", "2 seconds")
-        await step.sleep_until("until", datetime.fromtimestamp(1_700_000_100, tz=timezone.utc))
+        await step.sleep_until("until", datetime.fromtimestamp(1_700_000_100, tz=UTC))
         return "rested"
 
 
