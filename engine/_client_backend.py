@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
+from sqlalchemy.exc import IntegrityError
 
 from broker import Broker, Envelope, OutgoingMessage, broker_from_url
 from engine._clock import now_ms
@@ -27,7 +28,12 @@ from engine._store._instances import (
     list_instances,
     workflow_names,
 )
-from sdk.errors import InstanceNotFoundError, InvalidTransitionError, ValidationError
+from sdk.errors import (
+    InstanceExistsError,
+    InstanceNotFoundError,
+    InvalidTransitionError,
+    ValidationError,
+)
 
 
 class EngineClientBackend:
@@ -65,8 +71,13 @@ class EngineClientBackend:
             token = uuid.uuid4().hex
             new.append(NewInstance(instance_id or token, encode_json(params, what="params"),
                                    token))
-        async with self._db.transaction() as conn:
-            await create_instances_txn(conn, workflow, new, now_ms())
+        try:
+            async with self._db.transaction() as conn:
+                await create_instances_txn(conn, workflow, new, now_ms())
+        except IntegrityError:  # a concurrent create took an id between check and insert
+            ids = ", ".join(n.instance_id for n in new)
+            raise InstanceExistsError(
+                f"workflow {workflow!r} already has an instance with id among: {ids}") from None
         if workflow not in self._declared:
             # Lets clients create instances before any worker has started.
             await self._broker.declare_workflow(workflow)
@@ -112,9 +123,10 @@ class EngineClientBackend:
     ) -> None:
         await self.connect()
         async with self._db.transaction() as conn:
-            needed = await control_txn(conn, workflow, instance_id, op, from_step, rollback)
-        if needed:
-            await self._poke(workflow, instance_id)
+            await control_txn(conn, workflow, instance_id, op, from_step, rollback)
+        # Poke even when the command was already in effect: if an earlier call recorded it
+        # but its wake-up was lost, calling again is how a caller repairs that.
+        await self._poke(workflow, instance_id)
 
     async def _poke(self, workflow: str, instance_id: str) -> None:
         if workflow not in self._declared:

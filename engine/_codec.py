@@ -37,8 +37,18 @@ def decode_json(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
 
 
+MAX_ERROR_MESSAGE = 16 * 1024
+
+
 def error_dict(exc: BaseException) -> dict[str, Any]:
-    """``{"name", "message"}`` of an exception, as recorded in history and status JSON."""
-    if isinstance(exc, WarrenError):
-        return exc.to_dict()
-    return {"name": type(exc).__name__, "message": str(exc)}
+    """``{"name", "message"}`` of an exception, as recorded in history and status JSON.
+
+    Messages are cut at 16 KiB: an exception carrying a huge text must not make its turn
+    impossible to store.
+    """
+    error = exc.to_dict() if isinstance(exc, WarrenError) else {
+        "name": type(exc).__name__, "message": str(exc)}
+    message = str(error.get("message", ""))
+    if len(message) > MAX_ERROR_MESSAGE:
+        error["message"] = message[:MAX_ERROR_MESSAGE] + " … (truncated)"
+    return error

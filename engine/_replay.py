@@ -279,7 +279,11 @@ class _Replay(SagaMixin):
                        key=lambda r: r.start_seq)
         for record in waits:
             wanted = record.config.get("event_type")
-            event = next((e for e in available if e.type == wanted), None)
+            deadline = record.wake_at_ms or 0
+            # An event that arrived after the wait's deadline does not satisfy it (the
+            # timeout's wake-up may simply have been late); it stays for a later wait.
+            event = next((e for e in available
+                          if e.type == wanted and e.received_at_ms <= deadline), None)
             if event is None:
                 continue
             available.remove(event)
@@ -465,14 +469,18 @@ class _Replay(SagaMixin):
         outcome = self.outcome
         if self._divergence is not None:
             outcome.status, outcome.error = h.ERRORED, error_dict(self._divergence)
+        elif self._terminating:
+            # Before task.done(): a forward result landing mid-rollback must not let the
+            # instance end complete (or errored) instead of terminated.
+            self._rollback_error = TERMINATED_ERROR
+            self._start_due_attempts((h.ROLLBACK,))
+            self._advance_saga(TERMINATED_ERROR, h.TERMINATED)
         elif task.done():
             self._finish(task)
             if outcome.status == h.ERRORED:
+                self._rollback_error = outcome.error or {}  # handlers retried below see it
                 self._start_due_attempts((h.ROLLBACK,))
                 self._advance_saga(outcome.error or {}, h.ERRORED)
-        elif self._terminating:
-            self._start_due_attempts((h.ROLLBACK,))
-            self._advance_saga(TERMINATED_ERROR, h.TERMINATED)
         elif self._paused:
             in_flight = any(r.state == h.RUNNING and r.attempt_outcome is None
                             for r in self._records.values())

@@ -67,6 +67,9 @@ class SagaMixin:
             outcome.status = final_status
             return
         outcome.status = h.STATUS_RUNNING
+        if any(self._records[c.key].state == h.RUNNING
+               and self._records[c.key].attempt_outcome is None for c in eligible):
+            return  # compensate only once every step's in-flight attempt has settled
         if not any(rollback_key(c.key) in self._records for c in eligible):
             outcome.step_events.append(("rollback.started", {
                 "error": error, "steps": [c.name for c in eligible]}))

@@ -9,6 +9,7 @@ message delays an instance but never strands it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Collection
 
 import structlog
@@ -35,7 +36,11 @@ class Sweeper:
         self._db = db
         self._broker = broker
         self._worker_id = worker_id
-        self._served = set(served)
+        self._served = sorted(set(served))
+        # One sweeper per group of workers serving the same workflows: a worker can only
+        # wake instances of workflows it serves, so each group repairs its own.
+        digest = hashlib.sha256(",".join(self._served).encode()).hexdigest()[:16]
+        self._lease_name = f"sweeper:{digest}"
         self._interval_s = interval_s
         self._grace_ms = grace_ms
         self._heartbeat_timeout_ms = heartbeat_timeout_ms
@@ -63,10 +68,12 @@ class Sweeper:
         now = now_ms()
         ttl_ms = int(self._interval_s * 3000)
         async with self._db.transaction() as conn:
-            if not await q.take_lease_txn(conn, "sweeper", self._worker_id, now, ttl_ms):
+            if not await q.take_lease_txn(conn, self._lease_name, self._worker_id, now, ttl_ms):
                 return 0
-            pokes = await q.overdue_timers_txn(conn, now, self._grace_ms, _BATCH)
-            pokes += await q.stale_steps_txn(conn, now, self._heartbeat_timeout_ms, _BATCH)
+            served = self._served
+            pokes = await q.overdue_timers_txn(conn, served, now, self._grace_ms, _BATCH)
+            pokes += await q.stale_steps_txn(conn, served, now, self._heartbeat_timeout_ms,
+                                             _BATCH)
         self._sweeps += 1
         async with self._db.transaction() as conn:
             if self._sweeps % _RECONCILE_EVERY == 0:
@@ -74,16 +81,13 @@ class Sweeper:
                 for counts in await all_gate_counts(conn):
                     log.info("gate", **counts)
             # Slots that free up with time (creation rate tokens) or after repairs.
-            pokes += await admit_all_txn(conn, now)
+            pokes += await admit_all_txn(conn, served, now)
         async with self._db.reading() as conn:
-            pokes += await q.expired_leases(conn, now, _BATCH)
-            pokes += await q.unstarted_instances(conn, now, self._grace_ms * 5, _BATCH)
+            pokes += await q.expired_leases(conn, served, now, _BATCH)
+            pokes += await q.unstarted_instances(conn, served, now, self._grace_ms * 5, _BATCH)
             if self._sweeps % _RECONCILE_EVERY == 1:
-                pokes += await q.idle_slot_holders(conn, _BATCH)
-        # Only workflows this worker serves have declared queues here; others are left to
-        # workers that serve them (the lease is per cluster, so serve every workflow on at
-        # least one sweeping worker, or give each group its own namespace).
-        pokes = [p for p in q.unique(pokes) if p[0] in self._served]
+                pokes += await q.idle_slot_holders(conn, served, _BATCH)
+        pokes = q.unique(pokes)
         if pokes:
             log.info("sweeper re-issued wake-ups", count=len(pokes))
             await self._broker.publish([

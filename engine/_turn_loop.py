@@ -10,6 +10,7 @@ means redelivery, and every decision is idempotent on (instance, step key, attem
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from engine._runner import StepJob, StepRunner
 from engine._store._database import Database
 from engine._store._events import store_event_txn
 from engine._store._instances import NewInstance, create_from_message_txn
-from engine._store._turns import Committed, acquire_txn, commit_txn
+from engine._store._turns import Committed, acquire_txn, commit_txn, release_leases_txn
 from sdk._config import check_event_type, check_instance_id
 from sdk._workflow import WorkflowEntrypoint
 from sdk.errors import LimitExceededError, ValidationError
@@ -100,18 +101,31 @@ class TurnLoop:
                     await asyncio.sleep(0.2)
 
     async def _process(self, batch: _Batch) -> None:
-        settle_now: list[Delivery] = []
-        kept: list[Delivery] = []
+        stored: list[Delivery] = []  # creates and events: their effect is already in SQL
+        pokes: list[Delivery] = []
         for delivery in batch.deliveries:
             instance_id = await self._admit(batch.workflow, delivery)
             if instance_id is None:
                 continue
             batch.instance_ids[instance_id] = None
-            kept.append(delivery)
-        if batch.instance_ids:
-            await self._turns(batch.workflow, list(batch.instance_ids))
-        settle_now.extend(kept)
-        await asyncio.gather(*(d.ack() for d in settle_now))
+            (pokes if delivery.exchange == "internal" else stored).append(delivery)
+        try:
+            if batch.instance_ids:
+                await self._turns(batch.workflow, list(batch.instance_ids))
+        except Exception:
+            log.exception("turn batch failed; retrying its instances", workflow=batch.workflow)
+            # Redelivering a stored event would store it again (foreign publishers may set
+            # no message id): ack what is stored and re-poke its instances a bit later.
+            await self._broker.publish([
+                OutgoingMessage("internal", batch.workflow, Envelope("wake", iid).encode(),
+                                delay_ms=500)
+                for iid in batch.instance_ids
+            ])
+            await asyncio.gather(*(d.ack() for d in stored))
+            await asyncio.gather(*(d.nack(requeue=True) for d in pokes), return_exceptions=True)
+            await asyncio.sleep(0.2)
+            return
+        await asyncio.gather(*(d.ack() for d in [*stored, *pokes]))
 
     async def _admit(self, workflow: str, delivery: Delivery) -> str | None:
         """Decode a delivery into the instance it concerns; dead-letter what is malformed."""
@@ -181,8 +195,18 @@ class TurnLoop:
         return instance_id
 
     async def _turns(self, workflow: str, instance_ids: list[str]) -> None:
-        cls = self._workflows[workflow]
         owner = f"{self._worker_id}:{next(self._tokens)}"
+        try:
+            await self._turns_leased(workflow, instance_ids, owner)
+        except BaseException:
+            # Don't leave the batch's leases to expire (30 s of nothing) on the way out.
+            with contextlib.suppress(Exception):
+                async with self._db.transaction() as conn:
+                    await release_leases_txn(conn, owner)
+            raise
+
+    async def _turns_leased(self, workflow: str, instance_ids: list[str], owner: str) -> None:
+        cls = self._workflows[workflow]
         now = now_ms()
         async with self._db.transaction() as conn:
             leased = await acquire_txn(conn, workflow, instance_ids, owner, now, self._lease_ms)
@@ -202,10 +226,7 @@ class TurnLoop:
                 log.exception("replay crashed", workflow=workflow, instance=snapshot.instance_id)
                 outcome = TurnOutcome(status="errored", error=error_dict(exc))
             results.append((snapshot, outcome))
-        done = Committed()
-        if results:
-            async with self._db.transaction() as conn:
-                done = await commit_txn(conn, owner, results, self._worker_id, now)
+        done = await self._commit(owner, results, now) if results else Committed()
         messages += [OutgoingMessage("internal", wf, Envelope("wake", iid).encode())
                      for wf, iid in done.admitted]
         for snapshot, outcome in results:
@@ -231,6 +252,46 @@ class TurnLoop:
                 self._runner.submit(StepJob(workflow, snapshot.instance_id, snapshot.pk, attempt))
         if messages:
             await self._broker.publish(messages)
+
+
+    async def _commit(
+        self, owner: str, results: list[tuple[Any, TurnOutcome]], now: int
+    ) -> Committed:
+        """Commit a batch in one transaction; if that fails, one instance at a time, so one
+        instance whose outcome cannot be stored does not hold back the others."""
+        try:
+            async with self._db.transaction() as conn:
+                return await commit_txn(conn, owner, results, self._worker_id, now)
+        except ValidationError:
+            if len(results) == 1:
+                return await self._commit_unstorable(owner, results[0], now)
+            log.exception("batch commit failed; committing its instances one by one")
+        done = Committed()
+        for result in results:
+            try:
+                async with self._db.transaction() as conn:
+                    part = await commit_txn(conn, owner, [result], self._worker_id, now)
+            except ValidationError:
+                part = await self._commit_unstorable(owner, result, now)
+            done.held |= part.held
+            done.again |= part.again
+            done.denied |= part.denied
+            done.admitted += part.admitted
+        return done
+
+    async def _commit_unstorable(
+        self, owner: str, result: tuple[Any, TurnOutcome], now: int
+    ) -> Committed:
+        """An outcome the store refuses (e.g. an output over its limit) errors the instance."""
+        snapshot = result[0]
+        log.exception("turn outcome cannot be stored; the instance fails",
+                      instance=snapshot.instance_id)
+        failed = TurnOutcome(status=h.ERRORED, error={
+            "name": "EngineError",
+            "message": "the outcome of a turn could not be stored (a value over its limit?)",
+        })
+        async with self._db.transaction() as conn:
+            return await commit_txn(conn, owner, [(snapshot, failed)], self._worker_id, now)
 
 
 async def reject_unroutable(delivery: Delivery) -> None:

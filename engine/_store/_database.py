@@ -66,8 +66,7 @@ class Database:
                     f"release needs {schema.SCHEMA_VERSION}; there is no automatic migration "
                     "between pre-release schemas: use a new database (or delete the SQLite file)"
                 )
-            await _insert_missing(conn, schema.engine_leases, {"name": "sweeper"},
-                                  {"owner": None, "expires_at_ms": 0})
+
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncConnection]:

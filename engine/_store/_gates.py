@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -90,10 +90,9 @@ async def configure_txn(
 ) -> None:
     """Create or update the gate rows of served workflows and the global row."""
     insert_ = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    rows = [{"workflow": ALL, "max_running": global_limit, "rate": None}] + [
-        {"workflow": name, "max_running": c.max_running, "rate": c.rate}
-        for name, c in sorted(configs.items())
-    ]
+    rows = [{"workflow": name, "max_running": c.max_running, "rate": c.rate}
+            for name, c in sorted(configs.items())]
+    rows.append({"workflow": ALL, "max_running": global_limit, "rate": None})  # lock order
     for row in rows:
         stmt = insert_(gates).values(**row, running=0, queued=0, tokens=0.0,
                                      tokens_at_ms=now_ms)
@@ -172,8 +171,10 @@ async def settle_txn(
     await _set_slots(conn, released, False)
     await _dequeue(conn, dequeued)
     for pk, priority in enqueued:
+        # Refused: the instance shows as queued (API.md §6) until a slot is handed to it.
         await conn.execute(update(instances).where(instances.c.pk == pk).values(
-            admit_priority=priority, admit_seq=pk if priority == NEW else now_ms))
+            admit_priority=priority, admit_seq=pk if priority == NEW else now_ms,
+            status=h.QUEUED))
     if released or dequeued:
         result.admitted = await _admit(conn, gate_map, now_ms)
     await _store_gates(conn, gate_map.values())
@@ -182,10 +183,12 @@ async def settle_txn(
 
 async def _queued_ahead(conn: AsyncConnection, workflow: str, request: SlotRequest) -> bool:
     c = instances.c
-    query = select(c.pk).where(c.workflow == workflow, c.admit_priority.is_not(None),
-                               c.admit_priority <= request.priority, c.pk != request.pk)
-    if request.priority == NEW:
-        query = query.where(c.admit_seq < request.pk)  # only older never-started ones
+    query = select(c.pk).where(c.workflow == workflow, c.pk != request.pk)
+    if request.priority == WOKEN:
+        query = query.where(c.admit_priority == WOKEN)
+    else:  # every woken one, and never-started ones created before it (admit_seq = pk)
+        query = query.where(or_(c.admit_priority == WOKEN,
+                                and_(c.admit_priority == NEW, c.admit_seq < request.pk)))
     return (await conn.execute(query.limit(1))).first() is not None
 
 
@@ -226,8 +229,7 @@ async def _admit(
     for name, count in shares.items():
         rows = (await conn.execute(
             select(c.pk, c.instance_id, c.admit_priority).where(
-                c.workflow == name, c.admit_priority.is_not(None),
-                c.status.in_((h.QUEUED, h.STATUS_WAITING)))
+                c.workflow == name, c.admit_priority.is_not(None))
             .order_by(c.admit_priority, c.admit_seq).limit(count)
             .with_for_update(skip_locked=True)
         )).all()
@@ -246,10 +248,12 @@ async def _admit(
     return admitted
 
 
-async def admit_all_txn(conn: AsyncConnection, now_ms: int) -> list[tuple[str, str]]:
+async def admit_all_txn(
+    conn: AsyncConnection, served: Sequence[str], now_ms: int
+) -> list[tuple[str, str]]:
     """The sweeper's pass: hand out slots freed by time (token refill) or by repairs."""
     queued = (await conn.execute(select(gates.c.workflow).where(
-        gates.c.queued > 0, gates.c.workflow != ALL))).scalars().all()
+        gates.c.queued > 0, gates.c.workflow.in_(served)))).scalars().all()
     if not queued:
         return []
     gate_map = await _lock_gates(conn, queued)

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import orjson
-from sqlalchemy import and_, or_, select, tuple_, update
+from sqlalchemy import or_, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import _history as h
@@ -30,6 +32,9 @@ async def take_lease_txn(
 ) -> bool:
     """Take or renew the named engine lease; True if ``owner`` holds it now."""
     c = engine_leases.c
+    insert_ = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    await conn.execute(insert_(engine_leases).values(name=name, owner=None, expires_at_ms=0)
+                       .on_conflict_do_nothing())
     result = await conn.execute(
         update(engine_leases)
         .where(c.name == name, or_(c.owner == owner, c.expires_at_ms < now_ms))
@@ -39,7 +44,7 @@ async def take_lease_txn(
 
 
 async def overdue_timers_txn(
-    conn: AsyncConnection, now_ms: int, grace_ms: int, limit: int
+    conn: AsyncConnection, served: Sequence[str], now_ms: int, grace_ms: int, limit: int
 ) -> list[Poke]:
     """Instances with a timer overdue by more than ``grace_ms``; their timers are pushed back
     by ``grace_ms`` so the next sweep does not repeat the wake-up while it is in flight."""
@@ -47,7 +52,7 @@ async def overdue_timers_txn(
         select(timers.c.instance_pk, timers.c.step_key, instances.c.workflow,
                instances.c.instance_id)
         .join(instances, instances.c.pk == timers.c.instance_pk)
-        .where(timers.c.due_at_ms < now_ms - grace_ms)
+        .where(timers.c.due_at_ms < now_ms - grace_ms, instances.c.workflow.in_(served))
         .limit(limit)
     )).all()
     if rows:
@@ -59,7 +64,8 @@ async def overdue_timers_txn(
 
 
 async def stale_steps_txn(
-    conn: AsyncConnection, now_ms: int, heartbeat_timeout_ms: int, limit: int
+    conn: AsyncConnection, served: Sequence[str], now_ms: int, heartbeat_timeout_ms: int,
+    limit: int,
 ) -> list[Poke]:
     """Running steps whose heartbeat stopped: an attempt with no result is failed as lost
     (the turn retries it as a new attempt); an unapplied result gets its turn re-triggered."""
@@ -68,7 +74,8 @@ async def stale_steps_txn(
         select(s.instance_pk, s.step_key, s.attempt, s.attempt_outcome,
                instances.c.workflow, instances.c.instance_id)
         .join(instances, instances.c.pk == s.instance_pk)
-        .where(s.state == h.RUNNING, s.heartbeat_at_ms < now_ms - heartbeat_timeout_ms)
+        .where(s.state == h.RUNNING, s.heartbeat_at_ms < now_ms - heartbeat_timeout_ms,
+               instances.c.workflow.in_(served))
         .limit(limit)
     )).all()
     lost = [(r.instance_pk, r.step_key, r.attempt) for r in rows if r.attempt_outcome is None]
@@ -93,18 +100,21 @@ async def stale_steps_txn(
     return [(r.workflow, r.instance_id) for r in rows]
 
 
-async def expired_leases(conn: AsyncConnection, now_ms: int, limit: int) -> list[Poke]:
+async def expired_leases(
+    conn: AsyncConnection, served: Sequence[str], now_ms: int, limit: int
+) -> list[Poke]:
     """Instances whose turn lease expired (the worker died mid-turn)."""
     c = instances.c
     rows = (await conn.execute(
         select(c.workflow, c.instance_id)
-        .where(c.lease_owner.is_not(None), c.lease_expires_ms < now_ms).limit(limit)
+        .where(c.lease_owner.is_not(None), c.lease_expires_ms < now_ms,
+               c.workflow.in_(served)).limit(limit)
     )).all()
     return [(r.workflow, r.instance_id) for r in rows]
 
 
 async def unstarted_instances(
-    conn: AsyncConnection, now_ms: int, grace_ms: int, limit: int
+    conn: AsyncConnection, served: Sequence[str], now_ms: int, grace_ms: int, limit: int
 ) -> list[Poke]:
     """Queued instances older than ``grace_ms`` that no turn has picked up (their create
     message was lost, e.g. the creating client died between insert and publish)."""
@@ -112,19 +122,22 @@ async def unstarted_instances(
     rows = (await conn.execute(
         select(c.workflow, c.instance_id)
         .where(c.status == h.QUEUED, c.admit_priority.is_(None),
-               c.created_at_ms < now_ms - grace_ms, and_(c.lease_owner.is_(None)))
+               c.created_at_ms < now_ms - grace_ms, c.lease_owner.is_(None),
+               c.workflow.in_(served))
         .limit(limit)
     )).all()
     return [(r.workflow, r.instance_id) for r in rows]
 
 
-async def idle_slot_holders(conn: AsyncConnection, limit: int) -> list[Poke]:
+async def idle_slot_holders(
+    conn: AsyncConnection, served: Sequence[str], limit: int
+) -> list[Poke]:
     """Instances given a slot while queued or waiting whose wake-up was lost."""
     c = instances.c
     rows = (await conn.execute(
         select(c.workflow, c.instance_id)
-        .where(c.slot.is_(True), c.status.in_((h.QUEUED, h.STATUS_WAITING)),
-               c.lease_owner.is_(None))
+        .where(c.slot.is_(True), c.status == h.QUEUED, c.lease_owner.is_(None),
+               c.workflow.in_(served))
         .limit(limit)
     )).all()
     return [(r.workflow, r.instance_id) for r in rows]

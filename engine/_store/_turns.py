@@ -120,16 +120,14 @@ async def reset_history_txn(
         doomed = doomed.where(s.start_seq >= start)
     keys = list((await conn.execute(doomed)).scalars())
     if keys:
+        # Same table order as the runner's result writes (steps, then attempts).
+        await conn.execute(delete(steps).where(s.instance_pk == snap.pk, s.step_key.in_(keys)))
         await conn.execute(delete(step_attempts).where(
             step_attempts.c.instance_pk == snap.pk, step_attempts.c.step_key.in_(keys)))
         await conn.execute(delete(timers).where(
             timers.c.instance_pk == snap.pk, timers.c.step_key.in_(keys)))
         await conn.execute(delete(events).where(
             events.c.instance_pk == snap.pk, events.c.consumed_by.in_(keys)))
-        await conn.execute(delete(steps).where(s.instance_pk == snap.pk, s.step_key.in_(keys)))
-    if from_step is not None:
-        # Kept steps stay done; their completion order must stay below any new one.
-        pass
     await conn.execute(update(instances).where(instances.c.pk == snap.pk).values(
         control=None, status=h.STATUS_RUNNING, output=None, error=None, ended_at_ms=None,
         paused=False))
@@ -166,16 +164,27 @@ async def commit_txn(
         update(instances)
         .where(joined(instances, mine))
         .values(lease_owner=None, lease_expires_ms=None)
-        .returning(instances.c.pk, instances.c.needs_turn)
+        .returning(instances.c.pk, instances.c.needs_turn, instances.c.control,
+                   instances.c.slot, instances.c.admit_priority)
     )).all()
     done = Committed(held={r.pk for r in released}, again={r.pk for r in released if r.needs_turn})
-    kept = [(snap, out) for snap, out in results if snap.pk in done.held]
+    current = {r.pk: r for r in released}
+    # A control command recorded while this turn ran (restart, terminate) supersedes its
+    # outcome: commit nothing for that instance and let the next turn apply the command.
+    superseded = {snap.pk for snap, _ in results if snap.pk in current
+                  and decode_json(current[snap.pk].control) != snap.control}
+    done.again |= superseded
+    kept = [(snap, out) for snap, out in results
+            if snap.pk in done.held and snap.pk not in superseded]
     if not kept:
         return done
+    # Slots and queue places as they are now (another transaction may have admitted the
+    # instance while this turn ran), not as the turn's snapshot saw them.
     settlement = await settle_txn(conn, kept[0][0].workflow, [
-        SlotRequest(pk=snap.pk, had_slot=snap.slot, wants_slot=wants_slot(out.status),
-                    queued=snap.admit_priority is not None,
-                    priority=NEW if snap.status == h.QUEUED else WOKEN)
+        SlotRequest(pk=snap.pk, had_slot=current[snap.pk].slot,
+                    wants_slot=wants_slot(out.status),
+                    queued=current[snap.pk].admit_priority is not None,
+                    priority=NEW if snap.started_at_ms is None else WOKEN)
         for snap, out in kept
     ], now_ms)
     done.denied, done.admitted = settlement.denied, settlement.admitted
@@ -209,7 +218,7 @@ async def commit_txn(
                            for pk, a in attempts], "b_pk", "b_key"),
         )
         await conn.execute(insert(step_attempts), [
-            {"instance_pk": pk, "step_key": a.key, "attempt": a.attempt,
+            {"instance_pk": pk, "step_key": a.key, "attempt": a.attempt, "token": a.token,
              "started_at_ms": now_ms, "ended_at_ms": None, "success": None, "error": None}
             for pk, a in attempts
         ])
@@ -311,7 +320,8 @@ async def record_attempts_txn(conn: AsyncConnection, results: Sequence[AttemptRe
     await conn.execute(
         update(step_attempts).where(
             a.instance_pk == bindparam("b_pk"), a.step_key == bindparam("b_key"),
-            a.attempt == bindparam("b_attempt"), a.ended_at_ms.is_(None),
+            a.attempt == bindparam("b_attempt"), a.token == bindparam("b_token"),
+            a.ended_at_ms.is_(None),
         ).values(ended_at_ms=bindparam("b_ended"), success=bindparam("b_ok"),
                  error=bindparam("b_error")),
         sorted_params([_attempt_params(r) for r in results], "b_pk", "b_key"),
@@ -334,3 +344,11 @@ async def heartbeat_txn(
     alive = locked(steps, tuple_(s.instance_pk, s.step_key, s.attempt_token).in_(list(running)),
                    s.state == h.RUNNING)
     await conn.execute(update(steps).where(joined(steps, alive)).values(heartbeat_at_ms=now_ms))
+
+
+async def release_leases_txn(conn: AsyncConnection, owner: str) -> None:
+    """Give up every lease taken with the acquisition token ``owner`` (a failed batch)."""
+    c = instances.c
+    mine = locked(instances, c.lease_owner == owner)
+    await conn.execute(update(instances).where(joined(instances, mine))
+                       .values(lease_owner=None, lease_expires_ms=None))

@@ -318,3 +318,24 @@ async def test_eventually_helper_is_used(stack: Stack) -> None:
     flag = {"v": False}
     asyncio.get_running_loop().call_later(0.1, lambda: flag.update(v=True))
     assert await eventually(lambda: flag["v"], timeout=2)
+
+
+class HugeError(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        def explode() -> None:
+            raise RuntimeError("x" * (3 * 1024 * 1024))
+
+        await step.do("explode", explode, retries={"limit": 0})
+
+
+async def test_an_error_too_big_to_store_fails_the_instance_instead_of_wedging_it(
+    stack: Stack,
+) -> None:
+    async with stack.running([HugeError, Unique]) as client:
+        st = await (await client.workflow("huge-error").create()).wait_for_status("errored", 20)
+        # and the worker is still healthy for everyone else
+        ok = await (await client.workflow("unique").create(params=1)).wait_for_status(
+            "complete", 20)
+    assert st.error is not None and st.error["name"] == "RuntimeError"
+    assert len(st.error["message"]) < 20_000 and st.error["message"].endswith("(truncated)")
+    assert ok.output == 1

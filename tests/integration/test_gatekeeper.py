@@ -160,3 +160,28 @@ async def test_creation_rate_limit_queues_excess_instead_of_failing(stack: Stack
     times = sorted(t for _, _, t in STARTS)
     # burst of 5, then 5 per second: 15 admissions need at least ~2 seconds
     assert times[-1] - times[0] >= 1.5
+
+
+class Single(WorkflowEntrypoint):
+    max_concurrency = 1
+
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        await step.do("work", lambda: asyncio.sleep(event.payload["hold"]))
+        return event.payload["hold"]
+
+
+async def test_resumed_instance_refused_a_slot_queues_and_runs_later(stack: Stack) -> None:
+    async with stack.running([Single]) as client:
+        wf = client.workflow("single")
+        holder = await wf.create(params={"hold": 2.0})
+        await eventually(lambda: _counts_match(wf, running=1), timeout=10)
+        other = await wf.create(params={"hold": 0.1})
+        await other.wait_for_status("queued", timeout=10)
+        await other.pause()
+        await other.wait_for_status("paused", timeout=10)
+        await other.resume()  # the slot is still taken: it must queue again, not get stuck
+        await holder.wait_for_status("complete", timeout=20)
+        st = await other.wait_for_status("complete", timeout=20)
+        final = await wf.counts()
+    assert st.output == 0.1
+    assert (final["running"], final["queued"]) == (0, 0)

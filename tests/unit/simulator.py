@@ -29,16 +29,22 @@ class Simulation:
     steps: dict[str, h.StepRecord] = field(default_factory=dict)
     turns: list[TurnOutcome] = field(default_factory=list)
     attempt_log: list[tuple[str, int, int]] = field(default_factory=list)  # key, attempt, at
+    control: dict[str, Any] | None = None
+    consumed: set[int] = field(default_factory=set)
+    events: list[h.PendingEvent] = field(default_factory=list)
 
     def snapshot(self) -> h.InstanceSnapshot:
         copies = [h.StepRecord(**{f: getattr(r, f) for f in r.__slots__})  # type: ignore[attr-defined]
                   for r in self.steps.values()]
         return h.InstanceSnapshot(pk=1, workflow=self.workflow.name, instance_id="sim",
                                   params=self.params, status="running",
-                                  created_at_ms=1_700_000_000_000, fence=1, steps=copies)
+                                  created_at_ms=1_700_000_000_000, fence=1, steps=copies,
+                                  control=self.control,
+                                  events=[e for e in self.events if e.pk not in self.consumed])
 
     def turn(self) -> TurnOutcome:
         outcome = replay(self.workflow, self.snapshot(), self.now_ms)
+        self.consumed.update(pk for pk, _ in outcome.events_consumed)
         for r in [*outcome.inserted, *outcome.updated]:
             # The store round-trips outputs through JSON.
             r.output = None if r.output is None else orjson.loads(orjson.dumps(r.output))

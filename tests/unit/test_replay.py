@@ -229,3 +229,30 @@ async def test_bad_durations_are_clear_value_errors(bad: Any) -> None:
 
     with pytest.raises(ValueError, match="duration"):
         parse_duration(bad)
+
+
+class LateEvent(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        from sdk import WorkflowTimeoutError
+
+        try:
+            got = await step.wait_for_event("reply", "reply", timeout="2 seconds")
+            return got.payload
+        except WorkflowTimeoutError:
+            return "timed out"
+
+
+async def test_event_after_the_deadline_does_not_satisfy_a_late_timed_out_wait() -> None:
+    from engine._history import PendingEvent
+
+    sim = Simulation(LateEvent)
+    start = sim.now_ms
+    sim.turn()
+    sim.now_ms = start + 5000  # the timeout's wake-up ran late; an event came after the deadline
+    sim.events.append(PendingEvent(1, "reply", {"late": True}, start + 3000))
+    assert sim.turn().output == "timed out"
+    early = Simulation(LateEvent)
+    early.turn()
+    early.now_ms += 5000
+    early.events.append(PendingEvent(1, "reply", {"on": "time"}, early.now_ms - 4000))
+    assert early.turn().output == {"on": "time"}

@@ -122,3 +122,69 @@ async def test_failing_handler_stops_the_rollback_and_keeps_the_original_error()
     kinds = [kind for turn in sim.turns for kind, _ in turn.step_events]
     assert kinds.count("rollback.started") == 1 and kinds[-1] == "rollback.finished"
     assert "rollback.step.failed" in kinds and "rollback.step.succeeded" in kinds
+
+
+SEEN_ERRORS: list[Any] = []
+
+
+class RetriedHandler(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        async def flaky_undo(ctx: Any) -> None:
+            SEEN_ERRORS.append(dict(ctx.error))
+            if len(SEEN_ERRORS) < 3:
+                raise ConnectionError("try again")
+
+        await step.do("one", lambda: 1, rollback=flaky_undo,
+                      rollback_config={"retries": {"limit": 3, "delay": "1 second"}})
+        await step.do("fail", _fail("the cause"), retries={"limit": 0})
+
+
+async def test_retried_handlers_still_see_the_error_that_started_the_rollback() -> None:
+    SEEN_ERRORS.clear()
+    outcome = await Simulation(RetriedHandler).run()
+    assert outcome.rollback == {"outcome": "complete", "error": None}
+    assert len(SEEN_ERRORS) == 3
+    assert all(e == {"name": "RuntimeError", "message": "the cause"} for e in SEEN_ERRORS)
+
+
+class SlowForward(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        await asyncio.gather(
+            step.do("slow", lambda: "done", rollback=_undo("slow")),
+            step.do("fail", _fail("fast failure"), retries={"limit": 0}),
+        )
+
+
+async def test_compensation_waits_for_in_flight_steps_to_settle() -> None:
+    LOG.clear()
+    sim = Simulation(SlowForward)
+    first = sim.turn()
+    assert sorted(a.name for a in first.attempts) == ["fail", "slow"]
+    # only "fail" finishes: the rollback must not start while "slow" is still in flight
+    await sim.run_attempts(type(first)(attempts=[a for a in first.attempts if a.name == "fail"]))
+    waiting = sim.turn()
+    assert waiting.status == "running" and not waiting.attempts and LOG == []
+    await sim.run_attempts(type(first)(attempts=[a for a in first.attempts if a.name == "slow"]))
+    outcome = await sim.run()
+    assert outcome.status == "errored" and [e[0] for e in LOG] == ["slow"]
+    assert LOG[0][1] == "done"  # and it sees the output that landed meanwhile
+
+
+class Terminating(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        await step.do("a", lambda: "a", rollback=_undo("a"))
+        await step.do("b", lambda: "b", rollback=_undo("b"))
+        return "finished"
+
+
+async def test_terminate_with_rollback_ends_terminated_even_if_run_completes_meanwhile() -> None:
+    LOG.clear()
+    sim = Simulation(Terminating)
+    await sim.run_attempts(sim.turn())
+    in_flight = sim.turn()  # "b" started
+    sim.control = {"op": "terminate", "rollback": True}
+    await sim.run_attempts(in_flight)  # "b" lands after the terminate: run() can now return
+    outcome = await sim.run()
+    assert outcome.status == "terminated"
+    assert outcome.rollback == {"outcome": "complete", "error": None}
+    assert [e[0] for e in LOG] == ["b", "a"]
