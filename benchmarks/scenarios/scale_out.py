@@ -1,0 +1,32 @@
+"""``scale-out``: ``throughput`` with 1, 2 and 4 worker processes, each on a fresh deployment.
+
+On 2 cores the curve is expected to flatten (the workers share the cores with PostgreSQL
+and RabbitMQ), but it must not fall: adding a worker may not cost throughput through lease
+contention or duplicate work. The target is 2 workers >= 1.3x 1 worker.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from benchmarks._options import Options
+from benchmarks.scenarios.throughput import warren_throughput
+
+
+async def run(engine: str, opts: Options) -> dict[str, Any]:
+    if engine != "warren":
+        raise ValueError("scale-out runs on the RabbitMQ + PostgreSQL engine only")
+    n = opts.size(2000, 30)
+    curve: dict[str, float] = {}
+    for count in opts.worker_counts:
+        result = await warren_throughput(engine, opts, n, count, with_creation=False)
+        curve[str(count)] = result["steps_per_s"]
+    base = curve.get("1")
+    two = curve.get("2")
+    return {
+        "instances": n, "curve": curve,
+        "speedup_2_over_1": round(two / base, 3) if base and two else None,
+        "never_falls": all(b >= a * 0.95 for a, b in zip(curve.values(),
+                                                        list(curve.values())[1:],
+                                                        strict=False)),
+    }

@@ -1,0 +1,110 @@
+"""``throughput``: N instances x 3 no-op steps, from the first create to the last completion.
+
+Workers are started (and ready) before the clock starts, so their start-up is not counted;
+instances are created with ``create_batch`` while the workers already run, as in a real
+burst. The end is the engine's own ``ended_at_ms`` of the last instance, so the watcher's
+poll interval does not blur it. Creation rates are measured first, separately, on a workflow
+no worker serves: they are what the client and store accept durably, not what the workers
+can keep up with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from benchmarks._options import Options
+from benchmarks._probe import PgProbe, activity_per_step, pg_activity, span_ms
+from benchmarks._stats import rate
+from benchmarks._warren import ENGINES, WarrenTarget, warren_target
+from benchmarks.scenarios._common import create_batched, wait_complete
+
+WORKFLOW = "bench-noop3"
+CREATE_ONLY = "bench-create"  # no worker serves it: creation is measured alone
+STEPS = 3
+SINGLE_CONCURRENCY = 32
+
+
+async def run(engine: str, opts: Options) -> dict[str, Any]:
+    n = opts.size(2000, 30)
+    if engine in ENGINES:
+        workers = 1 if engine == "warren-embedded" else opts.workers
+        return await warren_throughput(engine, opts, n, workers, with_creation=True)
+    if engine == "dbos":
+        from benchmarks.peers import dbos_peer
+        return await dbos_peer.throughput(opts, n)
+    if engine == "celery":
+        from benchmarks.peers import celery_peer
+        return await celery_peer.throughput(opts, n)
+    raise ValueError(f"throughput does not support {engine!r}")
+
+
+async def warren_throughput(engine: str, opts: Options, n: int, workers: int,
+                            *, with_creation: bool) -> dict[str, Any]:
+    """One throughput run on a fresh deployment with ``workers`` worker processes."""
+    async with warren_target(engine, opts.services, opts.log_dir) as target:
+        creation = await creation_rates(target, opts) if with_creation else None
+        await target.start_workers(workers)
+        cpu_before = target.worker_cpu_seconds()
+        sql_before = await _sql(target)
+        t0 = time.time()
+        await create_batched(target, WORKFLOW, [None] * n)
+        created_s = time.time() - t0
+        await wait_complete(target, WORKFLOW, n, limit_s=120 + n * 0.2,
+                            interval=0.05)
+        _, last_ms = await span_ms(target.probe, WORKFLOW)
+        elapsed = last_ms / 1000 - t0
+        cpu_s = target.worker_cpu_seconds() - cpu_before
+        rss = target.worker_rss_bytes()
+        await target.stop_workers()  # makes PostgreSQL publish their final counters
+        sql_after = await _sql(target)
+        result: dict[str, Any] = {
+            "instances": n, "steps": n * STEPS, "workers": workers,
+            "elapsed_s": round(elapsed, 3),
+            "instances_per_s": rate(n, elapsed), "steps_per_s": rate(n * STEPS, elapsed),
+            "create_phase_s": round(created_s, 3),
+            "worker_cpu_s": round(cpu_s, 2),
+            "worker_cpu_ms_per_step": round(cpu_s / (n * STEPS) * 1000, 3),
+            "worker_rss_mb": round(rss / 2**20, 1),
+        }
+        if sql_before is not None and sql_after is not None:
+            result["sql"] = activity_per_step(sql_before, sql_after, n * STEPS)
+        if creation is not None:
+            result["creation"] = creation
+        return result
+
+
+async def _sql(target: WarrenTarget) -> dict[str, int] | None:
+    return await pg_activity(target.probe) if isinstance(target.probe, PgProbe) else None
+
+
+async def creation_rates(target: WarrenTarget, opts: Options) -> dict[str, Any]:
+    """Instances accepted durably per second: ``create_batch``, and single ``create`` one
+    at a time and with 32 in flight (what a busy web service would do)."""
+    wf = target.client.workflow(CREATE_ONLY)
+    n_batch = 2000 if not opts.smoke else 200
+    n_single = 500 if not opts.smoke else 50
+    await wf.create()  # warm-up: connections, queue declaration
+    t0 = time.perf_counter()
+    await create_batched(target, CREATE_ONLY, [None] * n_batch)
+    batch_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for _ in range(n_single):
+        await wf.create()
+    single_s = time.perf_counter() - t0
+    gate = asyncio.Semaphore(SINGLE_CONCURRENCY)
+
+    async def one() -> None:
+        async with gate:
+            await wf.create()
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(n_single * 2)))
+    concurrent_s = time.perf_counter() - t0
+    return {
+        "create_batch_per_s": rate(n_batch, batch_s),
+        "create_single_per_s": rate(n_single, single_s),
+        "create_single_concurrent_per_s": rate(n_single * 2, concurrent_s),
+        "single_concurrency": SINGLE_CONCURRENCY,
+    }
