@@ -11,7 +11,7 @@ help:
 	@echo "make install   create $(VENV) and install warren with the dev extras"
 	@echo "make test      run the test suite      (PY=$(PY), extra args: PYTEST_ARGS=...)"
 	@echo "make lint      ruff check, ruff format --check, mypy"
-	@echo "make bench     benchmarks (placeholder)"
+	@echo "make bench     throughput and latency against DBOS and Celery (pip install -e .[bench])"
 
 install:
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,5 @@ lint:
 	$(PY) -m mypy
 
 bench:
-	@echo "usage: make bench [PY=$(PY)]"
-	@echo "  No benchmarks yet: they will live in benchmarks/ and run against the"
-	@echo "  local RabbitMQ (127.0.0.1:5672) and PostgreSQL (127.0.0.1:5432)."
+	$(PY) -m benchmarks throughput --compare
+	$(PY) -m benchmarks latency --compare
