@@ -103,8 +103,11 @@ async def test_retries_backoff_non_retryable_and_caught_failures(stack: Stack) -
     # Backoff: 300 ms after the first failure, 600 ms after the second (exponential).
     gap1 = _parse(attempts[1]["start"]) - _parse(attempts[0]["end"])
     gap2 = _parse(attempts[2]["start"]) - _parse(attempts[1]["end"])
-    assert timedelta(milliseconds=300) <= gap1 < timedelta(milliseconds=1300)
-    assert timedelta(milliseconds=600) <= gap2 < timedelta(milliseconds=1600)
+    # Lower bounds are the contract (never early); upper bounds only catch a wrong backoff
+    # formula, with room for a loaded machine.
+    assert timedelta(milliseconds=300) <= gap1 < timedelta(milliseconds=3000)
+    assert timedelta(milliseconds=600) <= gap2 < timedelta(milliseconds=3300)
+    assert gap2 > gap1
     assert len(declined["attempts"]) == 1 and declined["success"] is False
     assert len(exhausted["attempts"]) == 2
     assert failed.error == {"name": "ValueError", "message": "still broken"}
@@ -189,9 +192,9 @@ async def test_gather_runs_steps_concurrently_and_dag_passes_results(stack: Stac
         st = await (await client.workflow("fan-out").create()).wait_for_status("complete", 20)
         elapsed = time.monotonic() - started
     assert st.output == {"parts": list(range(10)), "both": "RL"}
-    assert elapsed < 3.0, f"10 steps of 0.5 s took {elapsed:.1f}s: not concurrent"
+    assert elapsed < 4.5, f"10 steps of 0.5 s took {elapsed:.1f}s: not concurrent"
     part_starts = sorted(_parse(s["start"]) for s in st.steps if s["name"].startswith("part-"))
-    assert part_starts[-1] - part_starts[0] < timedelta(milliseconds=400)
+    assert part_starts[-1] - part_starts[0] < timedelta(milliseconds=100)  # one turn
 
 
 class Unique(WorkflowEntrypoint):

@@ -61,15 +61,20 @@ class Napper(WorkflowEntrypoint):
 
 
 async def test_sleeping_instances_hold_no_slot(stack: Stack) -> None:
+    from datetime import datetime
+
     async with stack.running([Napper]) as client:
         wf = client.workflow("napper")
         started = time.monotonic()
         instances = await wf.create_batch([{"params": i} for i in range(100)])
-        await eventually(lambda: _counts_match(wf, waiting=100), timeout=20)
-        for inst in instances:
-            await inst.wait_for_status("complete", timeout=60)
+        statuses = [await inst.wait_for_status("complete", timeout=60) for inst in instances]
         elapsed = time.monotonic() - started
-    assert elapsed < 15, f"100 sleeps of 3 s at concurrency 10 took {elapsed:.1f}s: serialized"
+    naps = [next(s for s in st.steps if s["name"] == "nap") for st in statuses]
+    intervals = [(datetime.fromisoformat(n["start"]).timestamp(),
+                  datetime.fromisoformat(n["end"]).timestamp()) for n in naps]
+    # Were sleepers holding slots, at most 10 could sleep at once and this would take 30 s.
+    assert _max_overlap(intervals) > 50
+    assert elapsed < 20, f"100 sleeps of 3 s at concurrency 10 took {elapsed:.1f}s"
 
 
 async def _counts_match(wf: Any, **expected: int) -> bool:
