@@ -26,7 +26,7 @@ from benchmarks.scenarios import SCENARIOS
 from tests.helpers import in_ci
 
 REPO = Path(__file__).resolve().parents[2]
-PARALLEL = 4
+PARALLEL = 6
 LIMIT_S = 150
 
 
@@ -78,6 +78,8 @@ def outcomes() -> Iterator[dict[str, Outcome]]:
     if not services and in_ci():
         pytest.fail("PostgreSQL/RabbitMQ unreachable (required when CI=true)")
     cases = [c for c in CASES if services or c.engine == "warren-embedded"]
+    # Longest first (real services, then scale-out's two deployments), so none starts last.
+    cases.sort(key=lambda c: (c.engine != "warren", c.scenario != "scale-out"))
     with ThreadPoolExecutor(PARALLEL) as pool:
         yield dict(zip([c.id for c in cases], pool.map(_run, cases), strict=True))
 

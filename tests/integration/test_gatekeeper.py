@@ -73,7 +73,8 @@ async def test_sleeping_instances_hold_no_slot(stack: Stack) -> None:
     intervals = [(datetime.fromisoformat(n["start"]).timestamp(),
                   datetime.fromisoformat(n["end"]).timestamp()) for n in naps]
     # Were sleepers holding slots, at most 10 could sleep at once and this would take 30 s.
-    assert _max_overlap(intervals) > 50
+    # (How far above 10 depends on how fast a loaded machine starts them.)
+    assert _max_overlap(intervals) >= 20
     assert elapsed < 20, f"100 sleeps of 3 s at concurrency 10 took {elapsed:.1f}s"
 
 
