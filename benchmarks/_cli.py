@@ -62,8 +62,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-delay", type=float, default=None, help="delay: longest sleep (s)")
     p.add_argument("--sleep-range", type=_floats, default=None,
                    help="sleepers: 'MIN,MAX' seconds (default 1,20)")
-    p.add_argument("--ks", type=_ints, default=None, help="long-history: e.g. 10,100,1000")
-    p.add_argument("--worker-counts", type=_ints, default=(1, 2, 4), help="scale-out")
+    p.add_argument("--ks", type=_ints, default=None,
+                   help="long-history: e.g. 10,100,1000 (the default); --n N times K=N alone")
+    p.add_argument("--worker-counts", type=_ints, default=None,
+                   help="scale-out: e.g. 1,2,4 (the default)")
     p.add_argument("--dbos-mode", choices=["auto", "queue", "inprocess"], default="auto")
     p.add_argument("--celery-concurrency", type=int, default=2)
     p.add_argument("--celery-prefetch", type=int, default=64)
@@ -78,7 +80,7 @@ def options_from(args: argparse.Namespace, log_dir: Path) -> Options:
         n=args.n, runs=args.runs or (1 if smoke else 3), smoke=smoke, workers=args.workers,
         poll_s=args.poll_ms / 1000, dbos_mode=args.dbos_mode,
         celery_concurrency=args.celery_concurrency, celery_prefetch=args.celery_prefetch,
-        worker_counts=args.worker_counts, services=Services.from_env(), log_dir=log_dir,
+        services=Services.from_env(), log_dir=log_dir,
     )
     if smoke:
         opts = replace(opts, max_delay_s=2.0, sleep_range_s=(0.5, 2.0), ks=(5, 20),
@@ -89,6 +91,8 @@ def options_from(args: argparse.Namespace, log_dir: Path) -> Options:
         opts = replace(opts, sleep_range_s=args.sleep_range)
     if args.ks is not None:
         opts = replace(opts, ks=args.ks)
+    if args.worker_counts is not None:
+        opts = replace(opts, worker_counts=args.worker_counts)
     return opts
 
 

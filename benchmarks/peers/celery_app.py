@@ -50,19 +50,19 @@ app = make_app(
 )
 
 
-@app.task(name=NOOP)
+@app.task(name=NOOP)  # type: ignore[untyped-decorator]
 def noop(_previous: Any = None) -> None:
     """A no-op chain link (receives the previous link's result, as chains do)."""
     return None
 
 
-@app.task(name=NOW)
+@app.task(name=NOW)  # type: ignore[untyped-decorator]
 def now(previous: list[float] | None = None) -> list[float]:
     """Appends when this link started to the times of the links before it."""
     return [*(previous or []), time.time()]
 
 
-@worker_ready.connect
+@worker_ready.connect  # type: ignore[untyped-decorator]
 def _announce_ready(**_: Any) -> None:
     stream = sys.__stderr__ or sys.stderr  # the real stderr: Celery redirects sys.stderr
     stream.write(READY_MARKER + "\n")

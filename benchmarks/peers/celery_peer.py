@@ -10,6 +10,7 @@ workflow engine's checkpoint is. The worker is a separate ``celery worker`` proc
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -132,7 +133,7 @@ async def latency(opts: Options, n: int) -> dict[str, Any]:
             t0 = time.time()
             result = _chain(st.app, NOW).apply_async()
             accepted = time.time()
-            done = await until(lambda r=result: _succeeded(st.probe, r.id), limit_s=30,
+            done = await until(functools.partial(_succeeded, st.probe, result.id), limit_s=30,
                                interval=opts.poll_s, what="a celery chain",
                                alive=st.workers.check_alive)
             times = await asyncio.to_thread(result.get, timeout=10)

@@ -68,12 +68,11 @@ def long_history(k: int) -> float:
 
 
 def config(system_database_url: str, executor_id: str | None = None) -> DBOSConfig:
-    """DBOS configuration for the benchmark: Postgres system database, no admin server, no
-    telemetry export, warnings only (console logging per workflow costs CPU)."""
+    """DBOS configuration for the benchmark: Postgres system database, no telemetry
+    export, warnings only (console logging per workflow costs CPU)."""
     cfg: DBOSConfig = {
         "name": APP_NAME,
         "system_database_url": system_database_url,
-        "run_admin_server": False,
         "log_level": "WARNING",
         "application_version": "bench",
     }

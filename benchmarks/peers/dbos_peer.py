@@ -22,7 +22,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import sqlalchemy as sa
-from dbos import DBOS, DBOSClient
+from dbos import DBOS, DBOSClient, WorkflowHandle
 
 from benchmarks._isolation import fresh_database, sqlalchemy_url
 from benchmarks._options import Options
@@ -218,7 +218,8 @@ async def _inprocess_once() -> tuple[float, float, float, list[float]]:
 async def _queue_once(client: DBOSClient, probe: PgProbe, opts: Options,
                       workers: ProcessGroup) -> tuple[float, float, float, list[float]]:
     t0 = time.time()
-    handle = client.enqueue({"workflow_name": "timed3", "queue_name": dbos_app.QUEUE})
+    handle: WorkflowHandle[list[float]] = client.enqueue(
+        {"workflow_name": "timed3", "queue_name": dbos_app.QUEUE})
     accepted = time.time()
     wid = handle.get_workflow_id()
     done = await until(lambda: _succeeded(probe, wid), limit_s=30, interval=opts.poll_s,
