@@ -4,6 +4,7 @@ from broker._base import (
     ORIGIN_EXCHANGE_HEADER,
     ORIGIN_ROUTING_KEY_HEADER,
     REASON_HEADER,
+    STORED_HEADER,
     Broker,
     Consumer,
     Delivery,
@@ -12,13 +13,14 @@ from broker._base import (
     OutgoingMessage,
     PublishError,
 )
-from broker._envelope import Envelope, EnvelopeError
+from broker._envelope import Envelope, EnvelopeError, turn_message
 from broker._factory import broker_from_url
 
 __all__ = [
     "ORIGIN_EXCHANGE_HEADER",
     "ORIGIN_ROUTING_KEY_HEADER",
     "REASON_HEADER",
+    "STORED_HEADER",
     "Broker",
     "Consumer",
     "Delivery",
@@ -29,4 +31,5 @@ __all__ = [
     "OutgoingMessage",
     "PublishError",
     "broker_from_url",
+    "turn_message",
 ]

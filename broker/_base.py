@@ -32,6 +32,8 @@ REASON_HEADER = "x-warren-reason"
 ORIGIN_EXCHANGE_HEADER = "x-warren-origin-exchange"
 """Header carrying the logical exchange a dead-lettered message arrived on."""
 ORIGIN_ROUTING_KEY_HEADER = "x-warren-origin-routing-key"
+STORED_HEADER = "x-warren-stored"
+"""Set by Warren's client on create messages whose instance row it already inserted."""
 """Header carrying the routing key a dead-lettered message arrived with."""
 
 
@@ -47,6 +49,9 @@ class OutgoingMessage:
             ``internal``; a message is never delivered before its delay has passed.
         message_id: AMQP message id (events de-duplicate on it).
         headers: Extra AMQP headers.
+        priority: 1 puts the message ahead of priority-0 ones in its workflow queue: the
+            engine's continuations (wake-ups, step results) go before new work, so a backlog
+            of creations cannot make running instances late.
     """
 
     exchange: Exchange
@@ -55,6 +60,7 @@ class OutgoingMessage:
     delay_ms: int = 0
     message_id: str | None = None
     headers: Mapping[str, HeaderValue] = field(default_factory=dict)
+    priority: int = 0
 
 
 class Delivery(abc.ABC):

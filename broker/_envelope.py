@@ -7,6 +7,8 @@ from typing import Literal
 
 import orjson
 
+from broker._base import OutgoingMessage
+
 ENVELOPE_VERSION = 1
 
 EnvelopeKind = Literal["wake", "step", "control"]
@@ -48,3 +50,11 @@ class Envelope:
         if kind not in ("wake", "step", "control") or not isinstance(instance_id, str):
             raise EnvelopeError("envelope needs a known 'kind' and a string 'instance_id'")
         return cls(kind=kind, instance_id=instance_id)
+
+
+def turn_message(
+    workflow: str, kind: EnvelopeKind, instance_id: str, *, delay_ms: int = 0
+) -> OutgoingMessage:
+    """The message asking for a turn of an instance (at priority 1, ahead of new work)."""
+    return OutgoingMessage("internal", workflow, Envelope(kind, instance_id).encode(),
+                           delay_ms=delay_ms, priority=1)

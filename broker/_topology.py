@@ -160,9 +160,9 @@ class Topology:
         """The durable work queue of one workflow."""
         return f"{self.namespace}.workflow.{validate_workflow_name(workflow)}"
 
-    def workflow_queue_arguments(self) -> dict[str, str]:
+    def workflow_queue_arguments(self) -> dict[str, str | int]:
         """Arguments of every workflow queue (must never change for an existing queue)."""
-        return {"x-dead-letter-exchange": self.exchange("dead")}
+        return {"x-dead-letter-exchange": self.exchange("dead"), "x-max-priority": 1}
 
     def workflow_bindings(self, workflow: str) -> list[tuple[str, str]]:
         """``(exchange, binding key)`` pairs that feed a workflow's queue."""

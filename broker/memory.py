@@ -56,6 +56,7 @@ class _Message:
     headers: dict[str, HeaderValue]
     message_id: str | None
     redelivered: bool = False
+    priority: int = 0
 
 
 class _Sink(Protocol):
@@ -63,31 +64,37 @@ class _Sink(Protocol):
 
 
 class _Queue:
-    """A FIFO of ready messages shared round-robin by its consumers."""
+    """A FIFO per priority (1 before 0, as RabbitMQ's x-max-priority=1) shared round-robin
+    by its consumers."""
 
     def __init__(self) -> None:
-        self.ready: deque[_Message] = deque()
+        self.levels: tuple[deque[_Message], deque[_Message]] = (deque(), deque())
         self.consumers: list[_MemoryConsumer] = []
         self._turn = 0
 
+    @property
+    def ready(self) -> list[_Message]:
+        return [*self.levels[1], *self.levels[0]]
+
     def put(self, message: _Message) -> None:
-        self.ready.append(message)
+        self.levels[min(1, max(0, message.priority))].append(message)
         self.dispatch()
 
     def requeue(self, messages: Sequence[_Message]) -> None:
         # RabbitMQ puts requeued messages back near their old position, i.e. at the head.
         for message in reversed(messages):
             message.redelivered = True
-            self.ready.appendleft(message)
+            self.levels[min(1, max(0, message.priority))].appendleft(message)
         self.dispatch()
 
     def dispatch(self) -> None:
-        while self.ready:
+        while self.levels[0] or self.levels[1]:
             ready = [c for c in self.consumers if c.has_capacity]
             if not ready:
                 return
             self._turn += 1
-            ready[self._turn % len(ready)].deliver(self.ready.popleft())
+            level = self.levels[1] or self.levels[0]
+            ready[self._turn % len(ready)].deliver(level.popleft())
 
 
 class _State:
@@ -355,7 +362,8 @@ class MemoryBroker(Broker):
         unroutable: list[str] = []
         for out in messages:
             headers = dict(out.headers)
-            msg = _Message(out.exchange, out.routing_key, out.body, headers, out.message_id)
+            msg = _Message(out.exchange, out.routing_key, out.body, headers, out.message_id,
+                           priority=out.priority)
             if out.delay_ms:
                 if not self._state.route(msg):
                     unroutable.append(f"{out.exchange}:{out.routing_key}")
@@ -421,7 +429,7 @@ class MemoryBroker(Broker):
             if loop.time() >= deadline:
                 return None
             await asyncio.sleep(0.01)
-        return _MemoryDelivery(self._state.dead.ready.popleft(), self._state, None)
+        return _MemoryDelivery(self._state.dead.levels[0].popleft(), self._state, None)
 
     async def delete_topology(self, workflows: Sequence[str] = ()) -> None:
         """Drop the given workflows' queues and all pending dead messages."""
@@ -429,7 +437,8 @@ class MemoryBroker(Broker):
             queue = self._state.queues.pop(workflow, None)
             if queue is not None:
                 self._state.unbind(queue)
-        self._state.dead.ready.clear()
+        for level in self._state.dead.levels:
+            level.clear()
 
     def _check_connected(self) -> None:
         if not self._connected:

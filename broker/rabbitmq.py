@@ -481,6 +481,7 @@ class RabbitBroker(Broker):
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=message.message_id,
+            priority=message.priority,
         )
         await exchange.publish(
             amqp_message,

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 from sqlalchemy.exc import IntegrityError
 
-from broker import Broker, Envelope, OutgoingMessage, broker_from_url
+from broker import STORED_HEADER, Broker, OutgoingMessage, broker_from_url, turn_message
 from engine._clock import now_ms
 from engine._codec import encode_json
 from engine._history import FINISHED_STATUSES
@@ -88,7 +88,7 @@ class EngineClientBackend:
             *(OutgoingMessage(
                 "create", workflow,
                 orjson.dumps({"id": n.instance_id, "params": orjson.Fragment(n.params)}),
-                message_id=n.token,
+                message_id=n.token, headers={STORED_HEADER: "1"},
             ) for n in new),
             *(lifecycle_message(workflow, n.instance_id, "instance.queued", {}) for n in new),
         ])
@@ -132,8 +132,7 @@ class EngineClientBackend:
         if workflow not in self._declared:
             await self._broker.declare_workflow(workflow)
             self._declared.add(workflow)
-        await self._broker.publish([OutgoingMessage(
-            "internal", workflow, Envelope("control", instance_id).encode())])
+        await self._broker.publish([turn_message(workflow, "control", instance_id)])
 
     async def list(
         self, workflow: str, status: str | None, limit: int, cursor: str | None

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import structlog
 
-from broker import Broker, Envelope, OutgoingMessage
+from broker import Broker, turn_message
 from engine._clock import now_ms
 from engine._codec import encode_json, error_dict
 from engine._replay import AttemptStart
@@ -140,7 +140,7 @@ class StepRunner:
         self._unflushed.difference_update((r.instance_pk, r.key, r.token) for _, r in batch)
         pokes = {(job.workflow, job.instance_id) for job, _ in batch}
         await self._broker.publish([
-            OutgoingMessage("internal", workflow, Envelope("step", instance_id).encode())
+            turn_message(workflow, "step", instance_id)
             for workflow, instance_id in pokes
         ])
 

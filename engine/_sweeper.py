@@ -14,7 +14,7 @@ from collections.abc import Collection
 
 import structlog
 
-from broker import Broker, Envelope, OutgoingMessage
+from broker import Broker, turn_message
 from engine._clock import now_ms
 from engine._store import _sweeps as q
 from engine._store._database import Database
@@ -91,7 +91,7 @@ class Sweeper:
         if pokes:
             log.info("sweeper re-issued wake-ups", count=len(pokes))
             await self._broker.publish([
-                OutgoingMessage("internal", workflow, Envelope("wake", instance_id).encode())
+                turn_message(workflow, "wake", instance_id)
                 for workflow, instance_id in pokes
             ])
         return len(pokes)

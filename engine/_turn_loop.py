@@ -19,7 +19,15 @@ from typing import Any
 import orjson
 import structlog
 
-from broker import Broker, Delivery, Envelope, EnvelopeError, OutgoingMessage
+from broker import (
+    STORED_HEADER,
+    Broker,
+    Delivery,
+    Envelope,
+    EnvelopeError,
+    OutgoingMessage,
+    turn_message,
+)
 from engine import _history as h
 from engine._clock import now_ms
 from engine._codec import MAX_VALUE_BYTES, encode_json, error_dict
@@ -29,7 +37,7 @@ from engine._replay import TurnOutcome, replay
 from engine._runner import StepJob, StepRunner
 from engine._store._database import Database
 from engine._store._events import store_event_txn
-from engine._store._instances import NewInstance, create_from_message_txn
+from engine._store._instances import NewInstance, create_from_message_txn, existing_ids
 from engine._store._turns import Committed, acquire_txn, commit_txn, release_leases_txn
 from sdk._config import check_event_type, check_instance_id
 from sdk._workflow import WorkflowEntrypoint
@@ -110,15 +118,15 @@ class TurnLoop:
             batch.instance_ids[instance_id] = None
             (pokes if delivery.exchange == "internal" else stored).append(delivery)
         try:
-            if batch.instance_ids:
-                await self._turns(batch.workflow, list(batch.instance_ids))
+            found = (await self._turns(batch.workflow, list(batch.instance_ids))
+                     if batch.instance_ids else set())
+            stored = await self._reject_unstored(batch.workflow, stored, found)
         except Exception:
             log.exception("turn batch failed; retrying its instances", workflow=batch.workflow)
             # Redelivering a stored event would store it again (foreign publishers may set
             # no message id): ack what is stored and re-poke its instances a bit later.
             await self._broker.publish([
-                OutgoingMessage("internal", batch.workflow, Envelope("wake", iid).encode(),
-                                delay_ms=500)
+                turn_message(batch.workflow, "wake", iid, delay_ms=500)
                 for iid in batch.instance_ids
             ])
             await asyncio.gather(*(d.ack() for d in stored))
@@ -126,6 +134,24 @@ class TurnLoop:
             await asyncio.sleep(0.2)
             return
         await asyncio.gather(*(d.ack() for d in [*stored, *pokes]))
+
+    async def _reject_unstored(
+        self, workflow: str, stored: list[Delivery], found: set[str]
+    ) -> list[Delivery]:
+        """Dead-letter create messages that claim a stored instance which does not exist."""
+        claims = {d: orjson.loads(d.body)["id"] for d in stored
+                  if d.exchange == "create" and d.headers.get(STORED_HEADER) == "1"}
+        unseen = {i for i in claims.values() if i not in found}
+        if not unseen:
+            return stored
+        async with self._db.reading() as conn:
+            unseen -= await existing_ids(conn, workflow, unseen)
+        for delivery, instance_id in claims.items():
+            if instance_id in unseen:
+                await delivery.dead_letter(
+                    f"create message for {instance_id!r} says the instance was stored, "
+                    "but there is no such instance (publish creates without that header)")
+        return [d for d in stored if claims.get(d) not in unseen]
 
     async def _admit(self, workflow: str, delivery: Delivery) -> str | None:
         """Decode a delivery into the instance it concerns; dead-letter what is malformed."""
@@ -157,6 +183,10 @@ class TurnLoop:
         token = delivery.message_id or hashlib.sha256(delivery.body).hexdigest()[:32]
         instance_id = body.get("id") or token
         check_instance_id(instance_id)
+        if delivery.headers.get(STORED_HEADER) == "1":
+            # Warren's client inserted the row before publishing: nothing to store. That the
+            # row really exists is checked after the turn (see _process).
+            return str(instance_id)
         params = encode_json(body.get("params"), what="params")
         async with self._db.transaction() as conn:
             result = await create_from_message_txn(
@@ -194,10 +224,11 @@ class TurnLoop:
             raise _Rejected(f"instance {instance_id!r} is {status}; it takes no more events")
         return instance_id
 
-    async def _turns(self, workflow: str, instance_ids: list[str]) -> None:
+    async def _turns(self, workflow: str, instance_ids: list[str]) -> set[str]:
+        """Run turns of the instances; return the ids that exist and are not finished."""
         owner = f"{self._worker_id}:{next(self._tokens)}"
         try:
-            await self._turns_leased(workflow, instance_ids, owner)
+            return await self._turns_leased(workflow, instance_ids, owner)
         except BaseException:
             # Don't leave the batch's leases to expire (30 s of nothing) on the way out.
             with contextlib.suppress(Exception):
@@ -205,7 +236,9 @@ class TurnLoop:
                     await release_leases_txn(conn, owner)
             raise
 
-    async def _turns_leased(self, workflow: str, instance_ids: list[str], owner: str) -> None:
+    async def _turns_leased(
+        self, workflow: str, instance_ids: list[str], owner: str
+    ) -> set[str]:
         cls = self._workflows[workflow]
         now = now_ms()
         async with self._db.transaction() as conn:
@@ -227,12 +260,10 @@ class TurnLoop:
                 outcome = TurnOutcome(status="errored", error=error_dict(exc))
             results.append((snapshot, outcome))
         done = await self._commit(owner, results, now) if results else Committed()
-        messages += [OutgoingMessage("internal", wf, Envelope("wake", iid).encode())
-                     for wf, iid in done.admitted]
+        messages += [turn_message(wf, "wake", iid) for wf, iid in done.admitted]
         for snapshot, outcome in results:
             if snapshot.pk in done.again:
-                messages.append(OutgoingMessage(
-                    "internal", workflow, Envelope("wake", snapshot.instance_id).encode()))
+                messages.append(turn_message(workflow, "wake", snapshot.instance_id))
             if snapshot.pk not in done.held or snapshot.pk in done.denied:
                 continue
             iid = snapshot.instance_id
@@ -243,15 +274,14 @@ class TurnLoop:
                 messages.append(lifecycle_message(workflow, iid, "progress", {"data": data}))
             log.debug("turn", workflow=workflow, instance=snapshot.instance_id,
                       status=outcome.status, started=len(outcome.attempts))
-            for key, due_ms in outcome.timers_set.items():
-                messages.append(OutgoingMessage(
-                    "internal", workflow, Envelope("wake", snapshot.instance_id).encode(),
-                    delay_ms=max(0, due_ms - now_ms()), message_id=f"{snapshot.pk}:{key}",
-                ))
+            for due_ms in outcome.timers_set.values():
+                messages.append(turn_message(workflow, "wake", snapshot.instance_id,
+                                             delay_ms=max(0, due_ms - now_ms())))
             for attempt in outcome.attempts:
                 self._runner.submit(StepJob(workflow, snapshot.instance_id, snapshot.pk, attempt))
         if messages:
             await self._broker.publish(messages)
+        return {s.instance_id for s in leased.snapshots} | set(leased.busy)
 
 
     async def _commit(

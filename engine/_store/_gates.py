@@ -149,11 +149,15 @@ async def settle_txn(
     gate.queued -= len(dequeued)
     granted: list[int] = []
     enqueued: list[tuple[int, int]] = []
+    # Global slots that other workflows' queued instances could use now: a direct grant
+    # must leave those to them, or a flood would keep winning over a queued neighbour.
+    owed = sum(min(g.queued, g.free()) for name, g in gate_map.items()
+               if name not in (workflow, ALL))
     for r in sorted((r for r in changing if r.wants_slot and not r.had_slot),
                     key=lambda r: (r.priority, r.pk)):
         ahead = await _queued_ahead(conn, workflow, r) if gate.queued > int(r.queued) else False
         token_ok = r.priority == WOKEN or gate.rate is None or gate.tokens >= 1
-        if not ahead and token_ok and gate.free() >= 1 and total.free() >= 1:
+        if not ahead and token_ok and gate.free() >= 1 and total.free() - owed >= 1:
             granted.append(r.pk)
             gate.running += 1
             total.running += 1

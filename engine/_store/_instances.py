@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -86,6 +86,16 @@ def _new_row(workflow: str, item: NewInstance, now_ms: int) -> dict[str, Any]:
         "params": item.params, "create_token": item.token, "created_at_ms": now_ms,
         "fence": 0, "needs_turn": False,
     }
+
+
+async def existing_ids(
+    conn: AsyncConnection, workflow: str, instance_ids: Iterable[str]
+) -> set[str]:
+    """Which of ``instance_ids`` exist in ``workflow`` (in any status)."""
+    return set((await conn.execute(
+        select(instances.c.instance_id)
+        .where(instances.c.workflow == workflow, instances.c.instance_id.in_(list(instance_ids)))
+    )).scalars())
 
 
 async def instance_state(conn: AsyncConnection, workflow: str, instance_id: str) -> str | None:

@@ -513,3 +513,14 @@ async def test_rabbit_connect_gives_up_after_bounded_retries() -> None:
         await broker.connect()
     assert time.monotonic() - started < 30
     await broker.close()  # closing a broker that never connected is fine
+
+
+async def test_priority_messages_are_delivered_before_earlier_normal_ones(broker: Broker) -> None:
+    wf = new_workflow()
+    await broker.declare_workflow(wf)
+    await broker.publish([create(wf, b"new-1"), create(wf, b"new-2")])
+    await broker.publish([OutgoingMessage("internal", wf, b"wake", priority=1)])
+    inbox = Inbox()
+    await broker.consume(wf, inbox, prefetch=1)
+    await inbox.wait(3)
+    assert inbox.bodies == [b"wake", b"new-1", b"new-2"]

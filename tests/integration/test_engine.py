@@ -342,3 +342,17 @@ async def test_an_error_too_big_to_store_fails_the_instance_instead_of_wedging_i
     assert st.error is not None and st.error["name"] == "RuntimeError"
     assert len(st.error["message"]) < 20_000 and st.error["message"].endswith("(truncated)")
     assert ok.output == 1
+
+
+async def test_create_claiming_a_stored_row_that_does_not_exist_is_dead_lettered(
+    stack: Stack,
+) -> None:
+    from broker import STORED_HEADER
+
+    async with stack.running([Unique]), broker_from_url(stack.broker_url,
+                                                        stack.namespace) as raw:
+        await raw.publish([OutgoingMessage(
+            "create", "unique", b'{"id": "phantom", "params": 1}',
+            headers={STORED_HEADER: "1"})])
+        dead = await raw.get_dead(timeout_s=10)  # type: ignore[attr-defined]
+    assert dead is not None and "no such instance" in str(dead.headers[REASON_HEADER])

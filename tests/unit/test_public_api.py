@@ -28,9 +28,10 @@ def test_engine_exports() -> None:
 
 def test_broker_exports() -> None:
     assert sorted(broker.__all__) == sorted([
-        "ORIGIN_EXCHANGE_HEADER", "ORIGIN_ROUTING_KEY_HEADER", "REASON_HEADER", "Broker",
+        "ORIGIN_EXCHANGE_HEADER", "ORIGIN_ROUTING_KEY_HEADER", "REASON_HEADER", "STORED_HEADER",
+        "Broker",
         "Consumer", "Delivery", "DeliveryHandler", "Envelope", "EnvelopeError", "Exchange",
-        "OutgoingMessage", "PublishError", "broker_from_url",
+        "OutgoingMessage", "PublishError", "broker_from_url", "turn_message",
     ])
     assert all(hasattr(broker, name) for name in broker.__all__)
 

@@ -16,7 +16,8 @@ def test_names_carry_the_namespace() -> None:
     assert t.exchange("dead") == "acme.dead"
     assert t.dead_queue == "acme.dead"
     assert t.workflow_queue("orders") == "acme.workflow.orders"
-    assert t.workflow_queue_arguments() == {"x-dead-letter-exchange": "acme.dead"}
+    assert t.workflow_queue_arguments() == {"x-dead-letter-exchange": "acme.dead",
+                                            "x-max-priority": 1}
     assert t.workflow_bindings("orders") == [
         ("acme.create", "orders"),
         ("acme.events", "orders.#"),
