@@ -34,6 +34,8 @@ class Settings:
         sweep_grace_s: How overdue a wake-up must be before the sweeper re-issues it.
         max_concurrency: Instances running at once across all workflows.
             Env ``WARREN_MAX_CONCURRENCY`` (default 50,000).
+        retention_days: Finished instances (complete, errored, terminated) are deleted with
+            their history this long after they ended. Env ``WARREN_RETENTION_DAYS``.
         workflow_max_concurrency: Per-workflow limits overriding each workflow's
             ``max_concurrency``. Env ``WARREN_WORKFLOW_MAX_CONCURRENCY="orders=10,emails=50"``.
     """
@@ -50,6 +52,7 @@ class Settings:
     sweep_interval_s: float = 1.0
     sweep_grace_s: float = 1.0
     max_concurrency: int = 50_000
+    retention_days: float = 30.0
     workflow_max_concurrency: Mapping[str, int] = field(default_factory=dict)
 
     @classmethod
@@ -66,6 +69,7 @@ class Settings:
             "heartbeat_timeout_s": ("WARREN_HEARTBEAT_TIMEOUT", float),
             "sweep_interval_s": ("WARREN_SWEEP_INTERVAL", float),
             "max_concurrency": ("WARREN_MAX_CONCURRENCY", int),
+            "retention_days": ("WARREN_RETENTION_DAYS", float),
         }
         for name, (var, kind) in numeric.items():
             raw = os.environ.get(var)

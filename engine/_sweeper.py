@@ -31,7 +31,7 @@ class Sweeper:
 
     def __init__(
         self, db: Database, broker: Broker, *, worker_id: str, served: Collection[str],
-        interval_s: float, grace_ms: int, heartbeat_timeout_ms: int,
+        interval_s: float, grace_ms: int, heartbeat_timeout_ms: int, retention_ms: int,
     ) -> None:
         self._db = db
         self._broker = broker
@@ -44,6 +44,7 @@ class Sweeper:
         self._interval_s = interval_s
         self._grace_ms = grace_ms
         self._heartbeat_timeout_ms = heartbeat_timeout_ms
+        self._retention_ms = retention_ms
         self._task: asyncio.Task[None] | None = None
         self._sweeps = 0
 
@@ -77,6 +78,10 @@ class Sweeper:
         self._sweeps += 1
         async with self._db.transaction() as conn:
             if self._sweeps % _RECONCILE_EVERY == 0:
+                expired = await q.expire_finished_txn(conn, served, now - self._retention_ms,
+                                                      _BATCH)
+                if expired:
+                    log.info("retention deleted finished instances", count=expired)
                 await reconcile_txn(conn)
                 for counts in await all_gate_counts(conn):
                     log.info("gate", **counts)

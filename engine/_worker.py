@@ -70,6 +70,7 @@ class Worker:
             self.db, self.broker, worker_id=self.worker_id, served=self.workflows,
             interval_s=s.sweep_interval_s, grace_ms=int(s.sweep_grace_s * 1000),
             heartbeat_timeout_ms=int(s.heartbeat_timeout_s * 1000),
+            retention_ms=int(s.retention_days * 86_400_000),
         )
         self._consumers: list[Consumer] = []
         self._stopped = asyncio.Event()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Column, Index, Integer, String, Text, text
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def _serial_pk() -> Column[int]:
@@ -67,6 +67,11 @@ class InstanceRow(SQLModel, table=True):
         Index("ix_instances_list", "workflow", "pk"),
         Index("ix_instances_list_status", "workflow", "status", "pk"),
         Index("ix_instances_status", "status", "created_at_ms"),
+        Index(
+            "ix_instances_ended", "ended_at_ms",
+            postgresql_where=text("ended_at_ms IS NOT NULL"),
+            sqlite_where=text("ended_at_ms IS NOT NULL"),
+        ),
         Index(
             "ix_instances_slot", "workflow",
             postgresql_where=text("slot"), sqlite_where=text("slot"),

@@ -10,14 +10,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import orjson
-from sqlalchemy import or_, select, tuple_, update
+from sqlalchemy import delete, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import _history as h
 from engine._store._locking import joined, locked
-from engine._store._schema import engine_leases, instances, step_attempts, steps, timers
+from engine._store._schema import (
+    engine_leases,
+    events,
+    instances,
+    step_attempts,
+    steps,
+    timers,
+)
 
 Poke = tuple[str, str]  # (workflow, instance_id)
 
@@ -146,3 +153,20 @@ async def idle_slot_holders(
 def unique(pokes: Sequence[Poke]) -> list[Poke]:
     """Pokes without repeats, in first-seen order."""
     return list(dict.fromkeys(pokes))
+
+
+async def expire_finished_txn(
+    conn: AsyncConnection, served: Sequence[str], before_ms: int, limit: int
+) -> int:
+    """Delete instances that ended before ``before_ms`` (retention), with their history."""
+    c = instances.c
+    pks = list((await conn.execute(
+        select(c.pk).where(c.ended_at_ms < before_ms, c.workflow.in_(served),
+                           c.status.in_(h.FINISHED_STATUSES)).limit(limit)
+    )).scalars())
+    if not pks:
+        return 0
+    for table in (steps, step_attempts, events, timers):
+        await conn.execute(delete(table).where(table.c.instance_pk.in_(pks)))
+    await conn.execute(delete(instances).where(c.pk.in_(pks)))
+    return len(pks)

@@ -356,3 +356,21 @@ async def test_create_claiming_a_stored_row_that_does_not_exist_is_dead_lettered
             headers={STORED_HEADER: "1"})])
         dead = await raw.get_dead(timeout_s=10)  # type: ignore[attr-defined]
     assert dead is not None and "no such instance" in str(dead.headers[REASON_HEADER])
+
+
+async def test_finished_instances_are_deleted_after_the_retention_period(stack: Stack) -> None:
+    from sdk import InstanceNotFoundError
+
+    async with stack.running([Unique], retention_days=1 / 86_400) as client:  # one second
+        wf = client.workflow("unique")
+        inst = await wf.create(params="short-lived")
+        await inst.wait_for_status("complete", timeout=10)
+
+        async def gone() -> bool:
+            try:
+                await inst.status()
+            except InstanceNotFoundError:
+                return True
+            return False
+
+        await eventually(gone, timeout=15, interval=0.2, message="instance deleted")
