@@ -102,3 +102,17 @@ def test_smoke_prints_a_valid_json_line(case: Case, outcomes: dict[str, Outcome]
         return
     missing = [k for k in SCENARIOS[case.scenario].keys if k not in median]
     assert not missing, f"missing keys {missing} in {median}"
+
+
+@pytest.mark.timeout(LIMIT_S * 4)
+def test_admission_smoke_never_runs_more_than_the_limit(outcomes: dict[str, Outcome]) -> None:
+    case = Case("admission", "warren")
+    if case.id not in outcomes:
+        pytest.skip("PostgreSQL/RabbitMQ unreachable")
+    outcome = outcomes[case.id]
+    assert outcome.returncode == 0, outcome.stderr
+    (run,) = outcome.lines[0]["runs"]
+    assert run["max_concurrency"] == 10  # the smoke size
+    assert run["limit_held"], run["max_running"]
+    assert 0 < run["max_running"]["from_rows"] <= 10
+    assert run["first_window"]["per_s"] > 0 and run["last_window"]["per_s"] > 0
