@@ -154,8 +154,12 @@ async def test_kill_9_with_slots_held_counts_recover_and_admission_goes_on(
             instances = await wf.create_batch([{"params": None}] * 8)
             await eventually(lambda: len(effects_of(effects)) == 3, timeout=30,
                              message="three instances running")
-            counts = await wf.counts()
-            assert (counts["running"], counts["queued"]) == (3, 5)
+
+            async def three_running_five_queued() -> bool:  # every create has had its turn
+                counts = await wf.counts()
+                return (counts["running"], counts["queued"]) == (3, 5)
+
+            await eventually(three_running_five_queued, timeout=20)
             first.send_signal(signal.SIGKILL)
             first.wait(timeout=10)
         peak = 0
