@@ -66,6 +66,8 @@ def parser() -> argparse.ArgumentParser:
                    help="long-history: e.g. 10,100,1000 (the default); --n N times K=N alone")
     p.add_argument("--worker-counts", type=_ints, default=None,
                    help="scale-out: e.g. 1,2,4 (the default)")
+    p.add_argument("--max-concurrency", type=int, default=None,
+                   help="admission: the workflow's concurrency limit (default 100)")
     p.add_argument("--dbos-mode", choices=["auto", "queue", "inprocess"], default="auto")
     p.add_argument("--celery-concurrency", type=int, default=2)
     p.add_argument("--celery-prefetch", type=int, default=64)
@@ -84,7 +86,7 @@ def options_from(args: argparse.Namespace, log_dir: Path) -> Options:
     )
     if smoke:
         opts = replace(opts, max_delay_s=2.0, sleep_range_s=(0.5, 2.0), ks=(5, 20),
-                       worker_counts=(1, 2))
+                       worker_counts=(1, 2), max_concurrency=10)
     if args.max_delay is not None:
         opts = replace(opts, max_delay_s=args.max_delay)
     if args.sleep_range is not None:
@@ -93,6 +95,8 @@ def options_from(args: argparse.Namespace, log_dir: Path) -> Options:
         opts = replace(opts, ks=args.ks)
     if args.worker_counts is not None:
         opts = replace(opts, worker_counts=args.worker_counts)
+    if args.max_concurrency is not None:
+        opts = replace(opts, max_concurrency=args.max_concurrency)
     return opts
 
 
@@ -100,7 +104,8 @@ def params(opts: Options) -> dict[str, Any]:
     return {"n": opts.n, "runs": opts.runs, "smoke": opts.smoke, "workers": opts.workers,
             "poll_ms": opts.poll_s * 1000, "max_delay_s": opts.max_delay_s,
             "sleep_range_s": list(opts.sleep_range_s), "ks": list(opts.ks),
-            "worker_counts": list(opts.worker_counts), "dbos_mode": opts.dbos_mode,
+            "worker_counts": list(opts.worker_counts), "max_concurrency": opts.max_concurrency,
+            "dbos_mode": opts.dbos_mode,
             "celery_concurrency": opts.celery_concurrency,
             "celery_prefetch": opts.celery_prefetch}
 

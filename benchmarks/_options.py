@@ -23,6 +23,7 @@ class Options:
         sleep_range_s: ``sleepers``: shortest and longest random sleep.
         ks: ``long-history``: the history lengths to time.
         worker_counts: ``scale-out``: the worker process counts to compare.
+        max_concurrency: ``admission``: the workflow's concurrency limit.
         dbos_mode: ``auto`` (each scenario's fastest documented mode), ``queue`` (DBOS
             worker processes dequeue) or ``inprocess`` (``DBOS.start_workflow``).
         celery_concurrency: Celery prefork pool size.
@@ -40,6 +41,7 @@ class Options:
     sleep_range_s: tuple[float, float] = (1.0, 20.0)
     ks: tuple[int, ...] = (10, 100, 1000)
     worker_counts: tuple[int, ...] = (1, 2, 4)
+    max_concurrency: int = 100
     dbos_mode: str = "auto"
     celery_concurrency: int = 2
     celery_prefetch: int = 64

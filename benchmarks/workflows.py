@@ -90,3 +90,15 @@ class WaitForEvent(WorkflowEntrypoint):
     async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
         await step.wait_for_event("x", "go", timeout="1 hour")
         return await step.do("after", _now)
+
+
+class AdmissionNoop(WorkflowEntrypoint):
+    """One no-op step under a concurrency limit (``admission``). The scenario's workers
+    override the limit with ``WARREN_WORKFLOW_MAX_CONCURRENCY`` (``--max-concurrency``)."""
+
+    name = "bench-admit"
+    max_concurrency = 100
+
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        await step.do("s1", _noop)
+        return None

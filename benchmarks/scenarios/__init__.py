@@ -68,4 +68,9 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
     Scenario("events", "events",
              "N instances waiting for an event; event -> step start latency",
              WARREN_ENGINES, ("available",)),
+    Scenario("admission", "admission",
+             "N instances behind max_concurrency: creation and admission rates, first vs "
+             "last 10% of admissions, max running",
+             ("warren",), ("creation_per_s", "admission_per_s", "flat_ratio", "max_running",
+                           "limit_held")),
 )}
