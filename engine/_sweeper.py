@@ -24,6 +24,8 @@ log = structlog.get_logger("warren.sweeper")
 
 _BATCH = 1000
 _RECONCILE_EVERY = 10  # sweeps between recounts of the gates (a safety net, not the path)
+_UNSTARTED_GRACE_MS = 60_000  # a create message not turned after this long was lost
+_UNSTARTED_BATCH = 200
 
 
 class Sweeper:
@@ -89,8 +91,11 @@ class Sweeper:
             pokes += await admit_all_txn(conn, served, now)
         async with self._db.reading() as conn:
             pokes += await q.expired_leases(conn, served, now, _BATCH)
-            pokes += await q.unstarted_instances(conn, served, now, self._grace_ms * 5, _BATCH)
             if self._sweeps % _RECONCILE_EVERY == 1:
+                # Rare and small on purpose: in a burst, creates wait in the queue for a
+                # while, and re-poking them every sweep would pile up duplicates.
+                pokes += await q.unstarted_instances(conn, served, now, _UNSTARTED_GRACE_MS,
+                                                     _UNSTARTED_BATCH)
                 pokes += await q.idle_slot_holders(conn, served, _BATCH)
         pokes = q.unique(pokes)
         if pokes:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -186,14 +186,17 @@ async def settle_txn(
 
 
 async def _queued_ahead(conn: AsyncConnection, workflow: str, request: SlotRequest) -> bool:
+    # Two probes that each stop at the first index entry: an OR of both would make the
+    # planner scan the whole admission queue (cost growing with the number queued).
     c = instances.c
-    query = select(c.pk).where(c.workflow == workflow, c.pk != request.pk)
+    base = select(c.pk).where(c.workflow == workflow, c.pk != request.pk)
+    woken = base.where(c.admit_priority == WOKEN).limit(1)
+    if (await conn.execute(woken)).first() is not None:
+        return True
     if request.priority == WOKEN:
-        query = query.where(c.admit_priority == WOKEN)
-    else:  # every woken one, and never-started ones created before it (admit_seq = pk)
-        query = query.where(or_(c.admit_priority == WOKEN,
-                                and_(c.admit_priority == NEW, c.admit_seq < request.pk)))
-    return (await conn.execute(query.limit(1))).first() is not None
+        return False
+    older = base.where(c.admit_priority == NEW, c.admit_seq < request.pk).limit(1)
+    return (await conn.execute(older)).first() is not None
 
 
 async def _set_slots(conn: AsyncConnection, pks: list[int], slot: bool) -> None:
