@@ -24,6 +24,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import _history as h
+from engine._store._batching import padded
 from engine._store._schema import gates, instances
 
 ALL = "*"
@@ -201,12 +202,13 @@ async def _queued_ahead(conn: AsyncConnection, workflow: str, request: SlotReque
 
 async def _set_slots(conn: AsyncConnection, pks: list[int], slot: bool) -> None:
     if pks:
-        await conn.execute(update(instances).where(instances.c.pk.in_(pks)).values(slot=slot))
+        await conn.execute(update(instances).where(instances.c.pk.in_(padded(pks)))
+                           .values(slot=slot))
 
 
 async def _dequeue(conn: AsyncConnection, pks: list[int]) -> None:
     if pks:
-        await conn.execute(update(instances).where(instances.c.pk.in_(pks))
+        await conn.execute(update(instances).where(instances.c.pk.in_(padded(pks)))
                            .values(admit_priority=None, admit_seq=None))
 
 
@@ -243,7 +245,7 @@ async def _admit(
         if not rows:
             continue
         pks = [r.pk for r in rows]
-        await conn.execute(update(instances).where(c.pk.in_(pks))
+        await conn.execute(update(instances).where(c.pk.in_(padded(pks)))
                            .values(slot=True, admit_priority=None, admit_seq=None))
         gate = gate_map[name]
         gate.running += len(rows)

@@ -15,9 +15,11 @@ from typing import Any
 from sqlalchemy import bindparam, case, delete, insert, or_, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from engine import _clock as clock
 from engine import _history as h
 from engine._codec import decode_json, encode_json
 from engine._replay import TurnOutcome
+from engine._store._batching import padded
 from engine._store._gates import NEW, WOKEN, SlotRequest, settle_txn, wants_slot
 from engine._store._locking import joined, locked, sorted_params
 from engine._store._rows import step_record, step_values
@@ -53,7 +55,7 @@ async def acquire_txn(
     """
     c = instances.c
     free = or_(c.lease_owner.is_(None), c.lease_expires_ms < now_ms)
-    batch = locked(instances, c.workflow == workflow, c.instance_id.in_(list(instance_ids)),
+    batch = locked(instances, c.workflow == workflow, c.instance_id.in_(padded(instance_ids)),
                    c.status.in_(RUNNABLE))
     rows = (await conn.execute(
         update(instances)
@@ -87,13 +89,13 @@ async def acquire_txn(
     if leased.snapshots:
         by_pk = {s.pk: s for s in leased.snapshots}
         step_rows = await conn.execute(
-            select(steps).where(steps.c.instance_pk.in_(list(by_pk)))
+            select(steps).where(steps.c.instance_pk.in_(padded(by_pk)))
             .order_by(steps.c.instance_pk, steps.c.start_seq)
         )
         for row in step_rows:
             by_pk[row.instance_pk].steps.append(step_record(row))
         event_rows = await conn.execute(
-            select(events).where(events.c.instance_pk.in_(list(by_pk)),
+            select(events).where(events.c.instance_pk.in_(padded(by_pk)),
                                  events.c.consumed_by.is_(None))
             .order_by(events.c.instance_pk, events.c.pk)
         )
@@ -159,7 +161,7 @@ async def commit_txn(
     """Settle slots, persist the outcomes of instances still leased by ``owner`` and release
     their leases."""
     pks = [snap.pk for snap, _ in results]
-    mine = locked(instances, instances.c.pk.in_(pks), instances.c.lease_owner == owner)
+    mine = locked(instances, instances.c.pk.in_(padded(pks)), instances.c.lease_owner == owner)
     released = (await conn.execute(
         update(instances)
         .where(joined(instances, mine))
@@ -191,12 +193,17 @@ async def commit_txn(
     kept = [(snap, out) for snap, out in kept if snap.pk not in done.denied]
     if not kept:
         return done
-    await _write_instances(conn, kept, now_ms)
+    # Start and end times are read now, with the instance rows (and, for slot changes, the
+    # gates) locked: they then order exactly as the concurrency slots were held.
+    await _write_instances(conn, kept, max(now_ms, clock.now_ms()))
     await _finish_txn(conn, [(snap, out) for snap, out in kept if out.finished])
+    # A new step's first attempt token goes into its insert: one statement fewer per turn.
+    tokens = {(snap.pk, a.key): a.token for snap, out in kept for a in out.attempts}
     inserted = [(snap.pk, r) for snap, out in kept for r in out.inserted]
     if inserted:
         await conn.execute(insert(steps), sorted_params([
-            {"instance_pk": pk, "step_key": r.key, **step_values(r), **_runner(r, worker, now_ms)}
+            {"instance_pk": pk, "step_key": r.key, **step_values(r), **_runner(r, worker, now_ms),
+             "attempt_token": tokens.pop((pk, r.key), None)}
             for pk, r in inserted
         ], "instance_pk", "step_key"))
     updated = [(snap.pk, r) for snap, out in kept for r in out.updated]
@@ -208,15 +215,16 @@ async def commit_txn(
                             **_runner(r, worker, now_ms)} for pk, r in updated],
                           "b_pk", "b_key"),
         )
-    attempts = [(snap.pk, a) for snap, out in kept for a in out.attempts]
-    if attempts:
+    if tokens:  # attempts of steps that already had a row (retries)
         await conn.execute(
             update(steps).where(steps.c.instance_pk == bindparam("b_pk"),
                                 steps.c.step_key == bindparam("b_key"))
             .values(attempt_token=bindparam("b_token")),
-            sorted_params([{"b_pk": pk, "b_key": a.key, "b_token": a.token}
-                           for pk, a in attempts], "b_pk", "b_key"),
+            sorted_params([{"b_pk": pk, "b_key": key, "b_token": token}
+                           for (pk, key), token in tokens.items()], "b_pk", "b_key"),
         )
+    attempts = [(snap.pk, a) for snap, out in kept for a in out.attempts]
+    if attempts:
         await conn.execute(insert(step_attempts), [
             {"instance_pk": pk, "step_key": a.key, "attempt": a.attempt, "token": a.token,
              "started_at_ms": now_ms, "ended_at_ms": None, "success": None, "error": None}
@@ -226,7 +234,7 @@ async def commit_txn(
                for key in [*out.timers_cleared, *out.timers_set]]
     if cleared:
         await conn.execute(delete(timers).where(
-            tuple_(timers.c.instance_pk, timers.c.step_key).in_(cleared)
+            tuple_(timers.c.instance_pk, timers.c.step_key).in_(padded(cleared))
         ))
     consumed = [{"b_pk": pk, "b_key": key} for snap, out in kept
                 for pk, key in out.events_consumed]
@@ -249,8 +257,8 @@ async def _finish_txn(
     pks = [snap.pk for snap, _ in ended]
     if not pks:
         return
-    await conn.execute(delete(timers).where(timers.c.instance_pk.in_(pks)))
-    doomed = locked(steps, steps.c.instance_pk.in_(pks), steps.c.state == h.RUNNING)
+    await conn.execute(delete(timers).where(timers.c.instance_pk.in_(padded(pks))))
+    doomed = locked(steps, steps.c.instance_pk.in_(padded(pks)), steps.c.state == h.RUNNING)
     await conn.execute(update(steps).where(joined(steps, doomed))
                        .values(attempt_token=None, heartbeat_at_ms=None))
 
@@ -341,7 +349,7 @@ async def heartbeat_txn(
     if not running:
         return
     s = steps.c
-    alive = locked(steps, tuple_(s.instance_pk, s.step_key, s.attempt_token).in_(list(running)),
+    alive = locked(steps, tuple_(s.instance_pk, s.step_key, s.attempt_token).in_(padded(running)),
                    s.state == h.RUNNING)
     await conn.execute(update(steps).where(joined(steps, alive)).values(heartbeat_at_ms=now_ms))
 
