@@ -1,9 +1,9 @@
 """Executes step bodies after their turn committed: timeouts, heartbeats, group-committed results.
 
 Bodies run as tasks on the worker's loop (async functions) or in its thread pool (sync
-functions), at most ``concurrency`` at once. Ended attempts are written to SQL in batches
-— whatever finished while the previous batch was being written — and each instance with a
-result gets one step-completed message, which triggers its next turn on any worker.
+functions), at most ``concurrency`` at once. Ended attempts are handed to the reporter in
+batches — whatever finished while the previous batch was being reported — which stores
+them and runs the turns that apply them (see ``TurnLoop.apply_results``).
 """
 
 from __future__ import annotations
@@ -18,12 +18,11 @@ from typing import Any
 import orjson
 import structlog
 
-from broker import Broker, turn_message
 from engine._clock import now_ms
 from engine._codec import encode_json, error_dict
 from engine._replay import AttemptStart
 from engine._store._database import Database
-from engine._store._turns import AttemptResult, heartbeat_txn, record_attempts_txn
+from engine._store._turns import AttemptResult, heartbeat_txn
 from sdk._workflow import StepContext, StepInfo
 from sdk.errors import NonRetryableError, ValidationError
 
@@ -44,10 +43,9 @@ class StepRunner:
     """Runs step attempts and reports their outcomes."""
 
     def __init__(
-        self, db: Database, broker: Broker, *, concurrency: int, heartbeat_interval: float
+        self, db: Database, *, concurrency: int, heartbeat_interval: float
     ) -> None:
         self._db = db
-        self._broker = broker
         self._slots = asyncio.Semaphore(concurrency)
         self._heartbeat_interval = heartbeat_interval
         self._running: dict[tuple[int, str, str], asyncio.Task[None]] = {}
@@ -56,22 +54,30 @@ class StepRunner:
         # is written, the sweeper must not take them for lost and run them again.
         self._unflushed: set[tuple[int, str, str]] = set()
         self._results_ready = asyncio.Event()
+        self._report: ResultReporter = _not_started
+        self._flushing = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
 
-    def start(self) -> None:
+    def start(self, report: ResultReporter) -> None:
+        """Start flushing and heartbeating; ``report`` stores each batch of ended attempts
+        (and runs the turns that apply them): if it raises, nothing was stored."""
+        self._report = report
         self._tasks = [asyncio.create_task(self._flush_forever(), name="warren-flush"),
                        asyncio.create_task(self._heartbeat_forever(), name="warren-heartbeat")]
 
     async def stop(self) -> None:
         """Stop without reporting in-flight attempts (their heartbeats expire; another worker
         retries them), after flushing the results already produced."""
+        # A report in progress is let finish (cancelling it mid-transaction can leave an
+        # SQLite connection holding the write lock); the steps it starts are cancelled next.
+        async with self._flushing:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         for task in self._running.values():
             task.cancel()
         await asyncio.gather(*self._running.values(), return_exceptions=True)
         await self._flush()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     @property
     def in_flight(self) -> int:
@@ -126,23 +132,21 @@ class StepRunner:
                 await asyncio.sleep(0.5)
 
     async def _flush(self) -> None:
+        async with self._flushing:
+            await self._flush_locked()
+
+    async def _flush_locked(self) -> None:
         self._results_ready.clear()
         batch, self._results = self._results, []
         if not batch:
             return
         try:
-            async with self._db.transaction() as conn:
-                await record_attempts_txn(conn, [r for _, r in batch])
+            await self._report(batch)
         except BaseException:
             self._results[:0] = batch
             self._results_ready.set()
             raise
         self._unflushed.difference_update((r.instance_pk, r.key, r.token) for _, r in batch)
-        pokes = {(job.workflow, job.instance_id) for job, _ in batch}
-        await self._broker.publish([
-            turn_message(workflow, "step", instance_id)
-            for workflow, instance_id in pokes
-        ])
 
     async def _heartbeat_forever(self) -> None:
         while True:
@@ -174,4 +178,8 @@ def _takes_ctx(fn: Callable[..., Any]) -> bool:
         return False
 
 
-AwaitableFactory = Callable[[], Awaitable[Any]]
+ResultReporter = Callable[[list[tuple[StepJob, AttemptResult]]], Awaitable[None]]
+
+
+async def _not_started(results: list[tuple[StepJob, AttemptResult]]) -> None:
+    raise RuntimeError("StepRunner.start() was not called")

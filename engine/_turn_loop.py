@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +39,15 @@ from engine._runner import StepJob, StepRunner
 from engine._store._database import Database
 from engine._store._events import store_event_txn
 from engine._store._instances import NewInstance, create_from_message_txn, existing_ids
-from engine._store._turns import Committed, acquire_txn, commit_txn, release_leases_txn
+from engine._store._turns import (
+    AttemptResult,
+    Committed,
+    Leased,
+    acquire_txn,
+    commit_txn,
+    record_attempts_txn,
+    release_leases_txn,
+)
 from sdk._config import check_event_type, check_instance_id
 from sdk._workflow import WorkflowEntrypoint
 from sdk.errors import LimitExceededError, ValidationError
@@ -75,12 +84,15 @@ class TurnLoop:
         self._tokens = itertools.count(1)
         self._lifecycle: list[OutgoingMessage] = []
         self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._process_forever(), name=f"warren-turns-{i}")
                        for i in range(self._parallelism)]
 
     async def stop(self) -> None:
+        """Stop taking turns; step results reported from now on are handed to other workers."""
+        self._stopping = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -125,10 +137,7 @@ class TurnLoop:
             log.exception("turn batch failed; retrying its instances", workflow=batch.workflow)
             # Redelivering a stored event would store it again (foreign publishers may set
             # no message id): ack what is stored and re-poke its instances a bit later.
-            await self._broker.publish([
-                turn_message(batch.workflow, "wake", iid, delay_ms=500)
-                for iid in batch.instance_ids
-            ])
+            await self._broker.publish(_retry_later(batch.workflow, batch.instance_ids))
             await asyncio.gather(*(d.ack() for d in stored))
             await asyncio.gather(*(d.nack(requeue=True) for d in pokes), return_exceptions=True)
             await asyncio.sleep(0.2)
@@ -226,23 +235,69 @@ class TurnLoop:
 
     async def _turns(self, workflow: str, instance_ids: list[str]) -> set[str]:
         """Run turns of the instances; return the ids that exist and are not finished."""
-        owner = f"{self._worker_id}:{next(self._tokens)}"
+        owner = self._new_owner()
+        now = now_ms()
         try:
-            return await self._turns_leased(workflow, instance_ids, owner)
+            async with self._db.transaction() as conn:
+                leased = await acquire_txn(conn, workflow, instance_ids, owner, now,
+                                           self._lease_ms)
+            return await self._advance(workflow, leased, owner, now)
         except BaseException:
-            # Don't leave the batch's leases to expire (30 s of nothing) on the way out.
-            with contextlib.suppress(Exception):
-                async with self._db.transaction() as conn:
-                    await release_leases_txn(conn, owner)
+            await self._release(owner)
             raise
 
-    async def _turns_leased(
-        self, workflow: str, instance_ids: list[str], owner: str
-    ) -> set[str]:
-        cls = self._workflows[workflow]
+    async def apply_results(self, results: Sequence[tuple[StepJob, AttemptResult]]) -> None:
+        """Store ended step attempts and run the turns that apply them, here and now.
+
+        The results and the leases for those turns are written in one transaction, so a
+        step's next turn follows it on this worker without a broker round trip. If this
+        raises, nothing was stored and the caller keeps the results. Once they are stored,
+        a turn that fails is retried through the broker; a crash leaves leases that expire
+        and the sweeper re-triggers their turns.
+        """
+        wanted: dict[str, dict[str, None]] = {}
+        for job, _ in results:
+            wanted.setdefault(job.workflow, {})[job.instance_id] = None
+        if self._stopping:  # hand the turns to the other workers
+            async with self._db.transaction() as conn:
+                await record_attempts_txn(conn, [result for _, result in results])
+            await self._broker.publish([turn_message(workflow, "step", iid)
+                                        for workflow, ids in wanted.items() for iid in ids])
+            return
+        owners = {workflow: self._new_owner() for workflow in wanted}
         now = now_ms()
         async with self._db.transaction() as conn:
-            leased = await acquire_txn(conn, workflow, instance_ids, owner, now, self._lease_ms)
+            await record_attempts_txn(conn, [result for _, result in results])
+            leased = {
+                workflow: await acquire_txn(conn, workflow, list(ids), owners[workflow], now,
+                                            self._lease_ms)
+                for workflow, ids in wanted.items()
+            }
+        for workflow, batch in leased.items():
+            try:
+                await self._advance(workflow, batch, owners[workflow], now)
+            except BaseException as exc:
+                await self._release(owners[workflow])
+                with contextlib.suppress(Exception):
+                    await self._broker.publish(_retry_later(workflow, wanted[workflow]))
+                if not isinstance(exc, Exception):
+                    raise
+                log.exception("turn after step results failed; retrying its instances",
+                              workflow=workflow)
+
+    def _new_owner(self) -> str:
+        """A lease owner token: this worker, and which acquisition (fencing)."""
+        return f"{self._worker_id}:{next(self._tokens)}"
+
+    async def _release(self, owner: str) -> None:
+        """Don't leave a failed batch's leases to expire (30 s of nothing) on the way out."""
+        with contextlib.suppress(Exception):
+            async with self._db.transaction() as conn:
+                await release_leases_txn(conn, owner)
+
+    async def _advance(self, workflow: str, leased: Leased, owner: str, now: int) -> set[str]:
+        """Replay the leased instances, commit their decisions, start their steps."""
+        cls = self._workflows[workflow]
         messages, self._lifecycle = self._lifecycle, []
         for snap in leased.restarted:
             messages.append(lifecycle_message(workflow, snap.instance_id, "instance.restarted",
@@ -332,6 +387,11 @@ async def reject_unroutable(delivery: Delivery) -> None:
     log.warning("message rejected", exchange=delivery.exchange,
                 routing_key=delivery.routing_key, reason=reason)
     await delivery.dead_letter(reason)
+
+
+def _retry_later(workflow: str, instance_ids: Iterable[str]) -> list[OutgoingMessage]:
+    """Wake-ups for instances whose turn failed, after a pause (the store may be down)."""
+    return [turn_message(workflow, "wake", iid, delay_ms=500) for iid in instance_ids]
 
 
 class _Rejected(Exception):

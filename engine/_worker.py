@@ -59,7 +59,7 @@ class Worker:
         self.db = Database(self.settings.database_url)
         self.broker: Broker = broker_from_url(self.settings.broker_url, self.settings.namespace)
         s = self.settings
-        self._runner = StepRunner(self.db, self.broker, concurrency=s.concurrency,
+        self._runner = StepRunner(self.db, concurrency=s.concurrency,
                                   heartbeat_interval=s.heartbeat_timeout_s / 3)
         self._turns = TurnLoop(
             self.db, self.broker, self._runner, self.workflows, worker_id=self.worker_id,
@@ -92,7 +92,7 @@ class Worker:
         await self.broker.connect()
         for name in self.workflows:
             await self.broker.declare_workflow(name)
-        self._runner.start()
+        self._runner.start(self._turns.apply_results)
         self._turns.start()
         self._sweeper.start()
         for name in self.workflows:
