@@ -14,6 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from broker import STORED_HEADER, Broker, OutgoingMessage, broker_from_url, turn_message
 from engine._clock import now_ms
 from engine._codec import encode_json
+from engine._create_group import CreateGroups
 from engine._history import FINISHED_STATUSES
 from engine._lifecycle import lifecycle_message
 from engine._settings import Settings
@@ -45,10 +46,13 @@ class EngineClientBackend:
         self.settings = Settings.from_env(
             broker_url=broker_url, database_url=database_url, namespace=namespace
         )
+        # Creates hold one connection per workflow at a time (they are group-committed), so
+        # a small pool serves any number of concurrent creators and leaves room for reads.
         self._db = Database(self.settings.database_url, pool_size=4)
         self._broker: Broker = broker_from_url(self.settings.broker_url, self.settings.namespace)
         self._connected = False
         self._declared: set[str] = set()
+        self._creates = CreateGroups(self._store_new, self._announce_new)
 
     async def connect(self) -> None:
         if self._connected:
@@ -61,16 +65,23 @@ class EngineClientBackend:
         if not self._connected:
             return
         self._connected = False
+        await self._creates.wait_idle()
         await self._broker.close()
         await self._db.close()
 
     async def create(self, workflow: str, items: Sequence[tuple[str | None, Any]]) -> list[str]:
         await self.connect()
         new = []
-        for instance_id, params in items:
+        for instance_id, params in items:  # validation errors are raised here, before queuing
             token = uuid.uuid4().hex
             new.append(NewInstance(instance_id or token, encode_json(params, what="params"),
                                    token))
+        # Concurrent creates share one transaction and one publish (see _create_group); the
+        # call still returns only once these rows are committed and their messages confirmed.
+        await self._creates.create(workflow, new)
+        return [n.instance_id for n in new]
+
+    async def _store_new(self, workflow: str, new: Sequence[NewInstance]) -> None:
         try:
             async with self._db.transaction() as conn:
                 await create_instances_txn(conn, workflow, new, now_ms())
@@ -78,6 +89,8 @@ class EngineClientBackend:
             ids = ", ".join(n.instance_id for n in new)
             raise InstanceExistsError(
                 f"workflow {workflow!r} already has an instance with id among: {ids}") from None
+
+    async def _announce_new(self, workflow: str, new: Sequence[NewInstance]) -> None:
         if workflow not in self._declared:
             # Lets clients create instances before any worker has started.
             await self._broker.declare_workflow(workflow)
@@ -92,7 +105,6 @@ class EngineClientBackend:
             ) for n in new),
             *(lifecycle_message(workflow, n.instance_id, "instance.queued", {}) for n in new),
         ])
-        return [n.instance_id for n in new]
 
     async def status(self, workflow: str, instance_id: str) -> dict[str, Any] | None:
         await self.connect()
