@@ -60,7 +60,7 @@ class StepRunner:
 
     def start(self, report: ResultReporter) -> None:
         """Start flushing and heartbeating; ``report`` stores each batch of ended attempts
-        (and runs the turns that apply them): if it raises, nothing was stored."""
+        (and runs the turns that apply them) and returns those it could not store."""
         self._report = report
         self._tasks = [asyncio.create_task(self._flush_forever(), name="warren-flush"),
                        asyncio.create_task(self._heartbeat_forever(), name="warren-heartbeat")]
@@ -124,29 +124,35 @@ class StepRunner:
         while True:
             await self._results_ready.wait()
             try:
-                await self._flush()
+                stored = await self._flush()
             except Exception:
+                log.exception("reporting step results failed; retrying")
+                stored = False
+            if not stored:
                 # Results stay queued and are written on the next round; heartbeats keep the
                 # attempts alive meanwhile, so nothing is retried needlessly.
-                log.exception("writing step results failed; retrying")
                 await asyncio.sleep(0.5)
 
-    async def _flush(self) -> None:
+    async def _flush(self) -> bool:
+        """Report the results waiting; False if some could not be stored (they are kept)."""
         async with self._flushing:
-            await self._flush_locked()
-
-    async def _flush_locked(self) -> None:
-        self._results_ready.clear()
-        batch, self._results = self._results, []
-        if not batch:
-            return
-        try:
-            await self._report(batch)
-        except BaseException:
-            self._results[:0] = batch
-            self._results_ready.set()
-            raise
-        self._unflushed.difference_update((r.instance_pk, r.key, r.token) for _, r in batch)
+            self._results_ready.clear()
+            batch, self._results = self._results, []
+            if not batch:
+                return True
+            try:
+                unstored = await self._report(batch)
+            except BaseException:
+                unstored = batch
+                raise
+            finally:
+                if unstored:
+                    self._results[:0] = unstored
+                    self._results_ready.set()
+            kept = {(r.instance_pk, r.key, r.token) for _, r in unstored}
+            self._unflushed.difference_update(
+                key for _, r in batch if (key := (r.instance_pk, r.key, r.token)) not in kept)
+            return not unstored
 
     async def _heartbeat_forever(self) -> None:
         while True:
@@ -178,8 +184,13 @@ def _takes_ctx(fn: Callable[..., Any]) -> bool:
         return False
 
 
-ResultReporter = Callable[[list[tuple[StepJob, AttemptResult]]], Awaitable[None]]
+ResultReporter = Callable[[list[tuple[StepJob, AttemptResult]]],
+                          Awaitable[list[tuple[StepJob, AttemptResult]]]]
+"""Stores a batch of ended attempts (and runs the turns that apply them); returns the ones
+it could not store."""
 
 
-async def _not_started(results: list[tuple[StepJob, AttemptResult]]) -> None:
+async def _not_started(
+    results: list[tuple[StepJob, AttemptResult]]
+) -> list[tuple[StepJob, AttemptResult]]:
     raise RuntimeError("StepRunner.start() was not called")

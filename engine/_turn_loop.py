@@ -64,6 +64,22 @@ class _Batch:
     instance_ids: dict[str, None] = field(default_factory=dict)  # ordered set
 
 
+@dataclass(slots=True)
+class _Turn:
+    """A committed batched turn of one workflow, and what it leaves to do."""
+
+    workflow: str
+    leased: Leased
+    decided: list[tuple[h.InstanceSnapshot, TurnOutcome]]
+    done: Committed
+    now: int
+
+    @property
+    def found(self) -> set[str]:
+        """Ids that exist and are not finished (leased here or elsewhere)."""
+        return {s.instance_id for s in self.leased.snapshots} | set(self.leased.busy)
+
+
 class TurnLoop:
     """Consumes deliveries for the served workflows and runs turns in batches."""
 
@@ -235,59 +251,89 @@ class TurnLoop:
 
     async def _turns(self, workflow: str, instance_ids: list[str]) -> set[str]:
         """Run turns of the instances; return the ids that exist and are not finished."""
-        owner = self._new_owner()
-        now = now_ms()
-        try:
-            async with self._db.transaction() as conn:
-                leased = await acquire_txn(conn, workflow, instance_ids, owner, now,
-                                           self._lease_ms)
-            return await self._advance(workflow, leased, owner, now)
-        except BaseException:
-            await self._release(owner)
-            raise
+        turn = await self._decide_and_commit(workflow, instance_ids, ())
+        await self._act(turn)
+        return turn.found
 
-    async def apply_results(self, results: Sequence[tuple[StepJob, AttemptResult]]) -> None:
+    async def apply_results(
+        self, results: Sequence[tuple[StepJob, AttemptResult]]
+    ) -> list[tuple[StepJob, AttemptResult]]:
         """Store ended step attempts and run the turns that apply them, here and now.
 
-        The results and the leases for those turns are written in one transaction, so a
-        step's next turn follows it on this worker without a broker round trip. If this
-        raises, nothing was stored and the caller keeps the results. Once they are stored,
-        a turn that fails is retried through the broker; a crash leaves leases that expire
-        and the sweeper re-triggers their turns.
+        Each workflow's results are stored in the transaction of the turn that applies
+        them, so a step's next turn follows it on this worker without a broker round trip.
+        Returns the results that could not be stored (the caller keeps them). Once stored,
+        a turn whose messages fail is retried through the broker.
         """
         wanted: dict[str, dict[str, None]] = {}
-        for job, _ in results:
+        ended: dict[str, list[tuple[StepJob, AttemptResult]]] = {}
+        for job, result in results:
             wanted.setdefault(job.workflow, {})[job.instance_id] = None
+            ended.setdefault(job.workflow, []).append((job, result))
         if self._stopping:  # hand the turns to the other workers
             async with self._db.transaction() as conn:
                 await record_attempts_txn(conn, [result for _, result in results])
             await self._broker.publish([turn_message(workflow, "step", iid)
                                         for workflow, ids in wanted.items() for iid in ids])
-            return
-        owners = {workflow: self._new_owner() for workflow in wanted}
-        now = now_ms()
-        async with self._db.transaction() as conn:
-            await record_attempts_txn(conn, [result for _, result in results])
-            leased = {
-                workflow: await acquire_txn(conn, workflow, list(ids), owners[workflow], now,
-                                            self._lease_ms)
-                for workflow, ids in wanted.items()
-            }
-        for workflow, batch in leased.items():
+            return []
+        unstored: list[tuple[StepJob, AttemptResult]] = []
+        for workflow, ids in wanted.items():
             try:
-                await self._advance(workflow, batch, owners[workflow], now)
-            except BaseException as exc:
-                await self._release(owners[workflow])
-                with contextlib.suppress(Exception):
-                    await self._broker.publish(_retry_later(workflow, wanted[workflow]))
-                if not isinstance(exc, Exception):
-                    raise
+                turn = await self._decide_and_commit(
+                    workflow, list(ids), [result for _, result in ended[workflow]])
+            except Exception:
+                log.exception("storing step results failed; they are kept and retried",
+                              workflow=workflow)
+                unstored += ended[workflow]
+                continue
+            try:
+                await self._act(turn)
+            except Exception:
                 log.exception("turn after step results failed; retrying its instances",
                               workflow=workflow)
+                with contextlib.suppress(Exception):
+                    await self._broker.publish(_retry_later(workflow, ids))
+        return unstored
 
     def _new_owner(self) -> str:
         """A lease owner token: this worker, and which acquisition (fencing)."""
         return f"{self._worker_id}:{next(self._tokens)}"
+
+    async def _decide_and_commit(
+        self, workflow: str, instance_ids: list[str], results: Sequence[AttemptResult]
+    ) -> _Turn:
+        """Lease, store ``results``, load, replay and commit, in one transaction.
+
+        Holding the instance rows for the whole turn costs a concurrent turn of the same
+        instance a short wait, and saves a second transaction, a lease release statement
+        and a round trip per turn. If an outcome cannot be stored (a value over its limit),
+        the turn is taken apart: lease first, then commit instance by instance.
+        """
+        owner = self._new_owner()
+        now = now_ms()
+        try:
+            async with self._db.transaction() as conn:
+                leased = await acquire_txn(conn, workflow, instance_ids, owner, now,
+                                           self._lease_ms, results=results)
+                decided = self._replay(workflow, leased, now)
+                done = (await commit_txn(conn, owner, decided, self._worker_id, now,
+                                         leased_in_this_transaction=True)
+                        if decided else Committed())
+            return _Turn(workflow, leased, decided, done, now)
+        except ValidationError:
+            log.warning("a turn outcome cannot be stored; committing instance by instance",
+                        workflow=workflow)
+        owner = self._new_owner()
+        try:
+            async with self._db.transaction() as conn:
+                leased = await acquire_txn(conn, workflow, instance_ids, owner, now,
+                                           self._lease_ms, results=results)
+            decided = self._replay(workflow, leased, now)
+            done = await self._commit(owner, decided, now) if decided else Committed()
+        except BaseException:
+            await self._release(owner)
+            raise
+        return _Turn(workflow, leased, decided, done, now)
 
     async def _release(self, owner: str) -> None:
         """Don't leave a failed batch's leases to expire (30 s of nothing) on the way out."""
@@ -295,28 +341,34 @@ class TurnLoop:
             async with self._db.transaction() as conn:
                 await release_leases_txn(conn, owner)
 
-    async def _advance(self, workflow: str, leased: Leased, owner: str, now: int) -> set[str]:
-        """Replay the leased instances, commit their decisions, start their steps."""
+    def _replay(
+        self, workflow: str, leased: Leased, now: int
+    ) -> list[tuple[h.InstanceSnapshot, TurnOutcome]]:
+        """Decide each leased instance's turn (no I/O)."""
         cls = self._workflows[workflow]
-        messages, self._lifecycle = self._lifecycle, []
-        for snap in leased.restarted:
-            messages.append(lifecycle_message(workflow, snap.instance_id, "instance.restarted",
-                                              {}))
-        results: list[tuple[Any, TurnOutcome]] = []
+        decided: list[tuple[h.InstanceSnapshot, TurnOutcome]] = []
         for snapshot in leased.snapshots:
             control = snapshot.control or {}
             if control.get("op") == "terminate" and not control.get("rollback"):
-                results.append((snapshot, TurnOutcome(status=h.TERMINATED)))
+                decided.append((snapshot, TurnOutcome(status=h.TERMINATED)))
                 continue
             try:
                 outcome = replay(cls, snapshot, now)
             except Exception as exc:  # a bug in the engine must not wedge the instance
                 log.exception("replay crashed", workflow=workflow, instance=snapshot.instance_id)
                 outcome = TurnOutcome(status="errored", error=error_dict(exc))
-            results.append((snapshot, outcome))
-        done = await self._commit(owner, results, now) if results else Committed()
+            decided.append((snapshot, outcome))
+        return decided
+
+    async def _act(self, turn: _Turn) -> None:
+        """After the commit: start the steps the turn decided and publish its messages."""
+        workflow, done = turn.workflow, turn.done
+        messages, self._lifecycle = self._lifecycle, []
+        for snap in turn.leased.restarted:
+            messages.append(lifecycle_message(workflow, snap.instance_id, "instance.restarted",
+                                              {}))
         messages += [turn_message(wf, "wake", iid) for wf, iid in done.admitted]
-        for snapshot, outcome in results:
+        for snapshot, outcome in turn.decided:
             if snapshot.pk in done.again:
                 messages.append(turn_message(workflow, "wake", snapshot.instance_id))
             if snapshot.pk not in done.held or snapshot.pk in done.denied:
@@ -336,8 +388,6 @@ class TurnLoop:
                 self._runner.submit(StepJob(workflow, snapshot.instance_id, snapshot.pk, attempt))
         if messages:
             await self._broker.publish(messages)
-        return {s.instance_id for s in leased.snapshots} | set(leased.busy)
-
 
     async def _commit(
         self, owner: str, results: list[tuple[Any, TurnOutcome]], now: int

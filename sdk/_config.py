@@ -66,6 +66,9 @@ class StepConfig:
         return {"retries": self.retries.to_json(), "timeout_ms": duration_ms(self.timeout)}
 
 
+_DEFAULT_STEP_CONFIG = StepConfig()
+
+
 def retry_policy(value: Mapping[str, Any] | RetryPolicy | None) -> RetryPolicy:
     """Build a :class:`RetryPolicy` from the ``retries=`` dict of ``step.do``."""
     if value is None:
@@ -94,6 +97,8 @@ def step_config(
     retries: Mapping[str, Any] | RetryPolicy | None = None, timeout: Duration | None = None
 ) -> StepConfig:
     """Build a :class:`StepConfig`, validating every part."""
+    if retries is None and timeout is None:
+        return _DEFAULT_STEP_CONFIG  # the common case; replay asks for it at every step
     parsed_timeout = DEFAULT_TIMEOUT if timeout is None else parse_duration(timeout)
     if parsed_timeout <= timedelta(0):
         raise ValidationError("timeout must be greater than zero")

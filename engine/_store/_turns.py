@@ -45,13 +45,16 @@ class Leased:
 
 async def acquire_txn(
     conn: AsyncConnection, workflow: str, instance_ids: Sequence[str], owner: str,
-    now_ms: int, lease_ms: int,
+    now_ms: int, lease_ms: int, results: Sequence[AttemptResult] = (),
 ) -> Leased:
     """Lease the runnable instances among ``instance_ids``; flag the ones leased elsewhere.
 
     One statement: where the lease is free (or expired) it is taken and the fencing counter
     incremented; where another worker holds it, ``needs_turn`` is set so that the holder
     runs another turn before it lets go. Finished or unknown instances are not returned.
+    ``results`` (ended attempts of these instances) are stored after the instance rows are
+    locked and before the histories are loaded: instance rows before step rows is the lock
+    order of every transaction that writes both, so this one cannot deadlock with a commit.
     """
     c = instances.c
     free = or_(c.lease_owner.is_(None), c.lease_expires_ms < now_ms)
@@ -70,6 +73,8 @@ async def acquire_txn(
                    c.created_at_ms, c.started_at_ms, c.paused, c.control, c.slot,
                    c.admit_priority)
     )).all()
+    if results:
+        await record_attempts_txn(conn, results)
     snapshots = [
         h.InstanceSnapshot(
             pk=r.pk, workflow=workflow, instance_id=r.instance_id,
@@ -156,46 +161,62 @@ class Committed:
 
 async def commit_txn(
     conn: AsyncConnection, owner: str, results: Sequence[tuple[h.InstanceSnapshot, TurnOutcome]],
-    worker: str, now_ms: int,
+    worker: str, now_ms: int, *, leased_in_this_transaction: bool = False,
 ) -> Committed:
     """Settle slots, persist the outcomes of instances still leased by ``owner`` and release
-    their leases."""
+    their leases.
+
+    With ``leased_in_this_transaction`` the instance rows have been locked since
+    :func:`acquire_txn` leased them in this same transaction: nothing can have changed them
+    (no command, no admission, no other turn), so the lease is released by the statement
+    that writes the outcome instead of one of its own.
+    """
     pks = [snap.pk for snap, _ in results]
-    mine = locked(instances, instances.c.pk.in_(padded(pks)), instances.c.lease_owner == owner)
-    released = (await conn.execute(
-        update(instances)
-        .where(joined(instances, mine))
-        .values(lease_owner=None, lease_expires_ms=None)
-        .returning(instances.c.pk, instances.c.needs_turn, instances.c.control,
-                   instances.c.slot, instances.c.admit_priority)
-    )).all()
-    done = Committed(held={r.pk for r in released}, again={r.pk for r in released if r.needs_turn})
-    current = {r.pk: r for r in released}
-    # A control command recorded while this turn ran (restart, terminate) supersedes its
-    # outcome: commit nothing for that instance and let the next turn apply the command.
-    superseded = {snap.pk for snap, _ in results if snap.pk in current
-                  and decode_json(current[snap.pk].control) != snap.control}
-    done.again |= superseded
-    kept = [(snap, out) for snap, out in results
-            if snap.pk in done.held and snap.pk not in superseded]
-    if not kept:
-        return done
-    # Slots and queue places as they are now (another transaction may have admitted the
-    # instance while this turn ran), not as the turn's snapshot saw them.
-    settlement = await settle_txn(conn, kept[0][0].workflow, [
-        SlotRequest(pk=snap.pk, had_slot=current[snap.pk].slot,
-                    wants_slot=wants_slot(out.status),
-                    queued=current[snap.pk].admit_priority is not None,
-                    priority=NEW if snap.started_at_ms is None else WOKEN)
-        for snap, out in kept
-    ], now_ms)
-    done.denied, done.admitted = settlement.denied, settlement.admitted
-    kept = [(snap, out) for snap, out in kept if snap.pk not in done.denied]
+    if leased_in_this_transaction:
+        done = Committed(held=set(pks))
+        slots = {snap.pk: (snap.slot, snap.admit_priority is not None) for snap, _ in results}
+        kept = list(results)
+    else:
+        mine = locked(instances, instances.c.pk.in_(padded(pks)),
+                      instances.c.lease_owner == owner)
+        released = (await conn.execute(
+            update(instances)
+            .where(joined(instances, mine))
+            .values(lease_owner=None, lease_expires_ms=None)
+            .returning(instances.c.pk, instances.c.needs_turn, instances.c.control,
+                       instances.c.slot, instances.c.admit_priority)
+        )).all()
+        done = Committed(held={r.pk for r in released},
+                         again={r.pk for r in released if r.needs_turn})
+        # Slots and queue places as they are now (another transaction may have admitted
+        # the instance while this turn ran), not as the turn's snapshot saw them.
+        slots = {r.pk: (r.slot, r.admit_priority is not None) for r in released}
+        # A control command recorded while this turn ran (restart, terminate) supersedes
+        # its outcome: commit nothing for that instance; the next turn applies the command.
+        control = {r.pk: decode_json(r.control) for r in released}
+        superseded = {snap.pk for snap, _ in results
+                      if snap.pk in control and control[snap.pk] != snap.control}
+        done.again |= superseded
+        kept = [(snap, out) for snap, out in results
+                if snap.pk in done.held and snap.pk not in superseded]
+    if kept:
+        settlement = await settle_txn(conn, kept[0][0].workflow, [
+            SlotRequest(pk=snap.pk, had_slot=slots[snap.pk][0],
+                        wants_slot=wants_slot(out.status), queued=slots[snap.pk][1],
+                        priority=NEW if snap.started_at_ms is None else WOKEN)
+            for snap, out in kept
+        ], now_ms)
+        done.denied, done.admitted = settlement.denied, settlement.admitted
+        kept = [(snap, out) for snap, out in kept if snap.pk not in done.denied]
+    if leased_in_this_transaction and done.denied:
+        await conn.execute(update(instances).where(instances.c.pk.in_(padded(done.denied)))
+                           .values(lease_owner=None, lease_expires_ms=None))
     if not kept:
         return done
     # Start and end times are read now, with the instance rows (and, for slot changes, the
     # gates) locked: they then order exactly as the concurrency slots were held.
-    await _write_instances(conn, kept, max(now_ms, clock.now_ms()))
+    await _write_instances(conn, kept, max(now_ms, clock.now_ms()),
+                           release=leased_in_this_transaction)
     await _finish_txn(conn, [(snap, out) for snap, out in kept if out.finished])
     # A new step's first attempt token goes into its insert: one statement fewer per turn.
     tokens = {(snap.pk, a.key): a.token for snap, out in kept for a in out.attempts}
@@ -269,7 +290,8 @@ def _runner(record: h.StepRecord, worker: str, now_ms: int) -> dict[str, Any]:
 
 
 async def _write_instances(
-    conn: AsyncConnection, kept: Sequence[tuple[h.InstanceSnapshot, TurnOutcome]], now_ms: int
+    conn: AsyncConnection, kept: Sequence[tuple[h.InstanceSnapshot, TurnOutcome]], now_ms: int,
+    *, release: bool,
 ) -> None:
     rows = []
     for snap, out in kept:
@@ -286,6 +308,8 @@ async def _write_instances(
         }
         if out.status == h.TERMINATED:
             row["control"] = None  # a terminate with rollback is done
+        if release:
+            row["lease_owner"] = row["lease_expires_ms"] = None
         rows.append(row)
     for keys in {tuple(sorted(r)) for r in rows}:  # executemany needs one shape per call
         await conn.execute(
