@@ -27,6 +27,57 @@ from engine._store._schema import events, instances, step_attempts, steps, timer
 
 RUNNABLE = (h.QUEUED, h.STATUS_RUNNING, h.STATUS_WAITING, h.PAUSED, h.WAITING_FOR_PAUSE)
 
+# The statements of every turn, built once: SQLAlchemy then reuses their cache keys instead
+# of rebuilding and hashing the expression trees at every execution.
+_i = instances.c
+_FREE = or_(_i.lease_owner.is_(None),
+            _i.lease_expires_ms < bindparam("b_now", type_=_i.lease_expires_ms.type))
+_ACQUIRE = (
+    update(instances)
+    .where(joined(instances, locked(
+        instances, _i.workflow == bindparam("b_workflow"),
+        _i.instance_id.in_(bindparam("b_ids", expanding=True)), _i.status.in_(RUNNABLE))))
+    .values(
+        fence=case((_FREE, _i.fence + 1), else_=_i.fence),
+        lease_owner=case((_FREE, bindparam("b_owner", type_=_i.lease_owner.type)),
+                         else_=_i.lease_owner),
+        lease_expires_ms=case((_FREE, bindparam("b_expires", type_=_i.lease_expires_ms.type)),
+                              else_=_i.lease_expires_ms),
+        needs_turn=case((_FREE, False), else_=True),
+    )
+    .returning(_i.pk, _i.instance_id, _i.lease_owner, _i.fence, _i.status, _i.params,
+               _i.created_at_ms, _i.started_at_ms, _i.paused, _i.control, _i.slot,
+               _i.admit_priority)
+)
+_LOAD_STEPS = (select(steps).where(steps.c.instance_pk.in_(bindparam("b_pks", expanding=True)))
+               .order_by(steps.c.instance_pk, steps.c.start_seq))
+_LOAD_EVENTS = (select(events).where(events.c.instance_pk.in_(bindparam("b_pks", expanding=True)),
+                                     events.c.consumed_by.is_(None))
+                .order_by(events.c.instance_pk, events.c.pk))
+_s = steps.c
+_RECORD_STEP = update(steps).where(
+    _s.instance_pk == bindparam("b_pk"), _s.step_key == bindparam("b_key"),
+    _s.attempt_token == bindparam("b_token"), _s.state == h.RUNNING,
+    _s.attempt_outcome.is_(None),
+).values(
+    attempt_outcome=bindparam("b_outcome"), output=bindparam("b_output"),
+    error=bindparam("b_error"), ended_at_ms=bindparam("b_ended"),
+    heartbeat_at_ms=bindparam("b_ended"),
+)
+_INSERT_STEPS = insert(steps)
+_INSERT_ATTEMPTS = insert(step_attempts)
+_UPDATE_STEP = update(steps).where(_s.instance_pk == bindparam("b_pk"),
+                                   _s.step_key == bindparam("b_key"))
+_SET_ATTEMPT_TOKEN = _UPDATE_STEP.values(attempt_token=bindparam("b_token"))
+_UPDATE_INSTANCE = update(instances).where(_i.pk == bindparam("b_pk"))
+_a = step_attempts.c
+_RECORD_ATTEMPT = update(step_attempts).where(
+    _a.instance_pk == bindparam("b_pk"), _a.step_key == bindparam("b_key"),
+    _a.attempt == bindparam("b_attempt"), _a.token == bindparam("b_token"),
+    _a.ended_at_ms.is_(None),
+).values(ended_at_ms=bindparam("b_ended"), success=bindparam("b_ok"),
+         error=bindparam("b_error"))
+
 
 @dataclass(slots=True)
 class Leased:
@@ -56,23 +107,10 @@ async def acquire_txn(
     locked and before the histories are loaded: instance rows before step rows is the lock
     order of every transaction that writes both, so this one cannot deadlock with a commit.
     """
-    c = instances.c
-    free = or_(c.lease_owner.is_(None), c.lease_expires_ms < now_ms)
-    batch = locked(instances, c.workflow == workflow, c.instance_id.in_(padded(instance_ids)),
-                   c.status.in_(RUNNABLE))
-    rows = (await conn.execute(
-        update(instances)
-        .where(joined(instances, batch))
-        .values(
-            fence=case((free, c.fence + 1), else_=c.fence),
-            lease_owner=case((free, owner), else_=c.lease_owner),
-            lease_expires_ms=case((free, now_ms + lease_ms), else_=c.lease_expires_ms),
-            needs_turn=case((free, False), else_=True),
-        )
-        .returning(c.pk, c.instance_id, c.lease_owner, c.fence, c.status, c.params,
-                   c.created_at_ms, c.started_at_ms, c.paused, c.control, c.slot,
-                   c.admit_priority)
-    )).all()
+    rows = (await conn.execute(_ACQUIRE, {
+        "b_workflow": workflow, "b_ids": padded(instance_ids), "b_now": now_ms,
+        "b_owner": owner, "b_expires": now_ms + lease_ms,
+    })).all()
     if results:
         await record_attempts_txn(conn, results)
     snapshots = [
@@ -93,17 +131,9 @@ async def acquire_txn(
         leased.snapshots.append(snap)
     if leased.snapshots:
         by_pk = {s.pk: s for s in leased.snapshots}
-        step_rows = await conn.execute(
-            select(steps).where(steps.c.instance_pk.in_(padded(by_pk)))
-            .order_by(steps.c.instance_pk, steps.c.start_seq)
-        )
-        for row in step_rows:
+        for row in await conn.execute(_LOAD_STEPS, {"b_pks": padded(by_pk)}):
             by_pk[row.instance_pk].steps.append(step_record(row))
-        event_rows = await conn.execute(
-            select(events).where(events.c.instance_pk.in_(padded(by_pk)),
-                                 events.c.consumed_by.is_(None))
-            .order_by(events.c.instance_pk, events.c.pk)
-        )
+        event_rows = await conn.execute(_LOAD_EVENTS, {"b_pks": padded(by_pk)})
         for row in event_rows:
             by_pk[row.instance_pk].events.append(h.PendingEvent(
                 row.pk, row.event_type, decode_json(row.payload), row.received_at_ms))
@@ -222,7 +252,7 @@ async def commit_txn(
     tokens = {(snap.pk, a.key): a.token for snap, out in kept for a in out.attempts}
     inserted = [(snap.pk, r) for snap, out in kept for r in out.inserted]
     if inserted:
-        await conn.execute(insert(steps), sorted_params([
+        await conn.execute(_INSERT_STEPS, sorted_params([
             {"instance_pk": pk, "step_key": r.key, **step_values(r), **_runner(r, worker, now_ms),
              "attempt_token": tokens.pop((pk, r.key), None)}
             for pk, r in inserted
@@ -230,23 +260,20 @@ async def commit_txn(
     updated = [(snap.pk, r) for snap, out in kept for r in out.updated]
     if updated:
         await conn.execute(
-            update(steps).where(steps.c.instance_pk == bindparam("b_pk"),
-                                steps.c.step_key == bindparam("b_key")),
+            _UPDATE_STEP,
             sorted_params([{"b_pk": pk, "b_key": r.key, **step_values(r),
                             **_runner(r, worker, now_ms)} for pk, r in updated],
                           "b_pk", "b_key"),
         )
     if tokens:  # attempts of steps that already had a row (retries)
         await conn.execute(
-            update(steps).where(steps.c.instance_pk == bindparam("b_pk"),
-                                steps.c.step_key == bindparam("b_key"))
-            .values(attempt_token=bindparam("b_token")),
+            _SET_ATTEMPT_TOKEN,
             sorted_params([{"b_pk": pk, "b_key": key, "b_token": token}
                            for (pk, key), token in tokens.items()], "b_pk", "b_key"),
         )
     attempts = [(snap.pk, a) for snap, out in kept for a in out.attempts]
     if attempts:
-        await conn.execute(insert(step_attempts), [
+        await conn.execute(_INSERT_ATTEMPTS, [
             {"instance_pk": pk, "step_key": a.key, "attempt": a.attempt, "token": a.token,
              "started_at_ms": now_ms, "ended_at_ms": None, "success": None, "error": None}
             for pk, a in attempts
@@ -313,8 +340,7 @@ async def _write_instances(
         rows.append(row)
     for keys in {tuple(sorted(r)) for r in rows}:  # executemany needs one shape per call
         await conn.execute(
-            update(instances).where(instances.c.pk == bindparam("b_pk")),
-            [r for r in rows if tuple(sorted(r)) == keys],
+            _UPDATE_INSTANCE, [r for r in rows if tuple(sorted(r)) == keys],
         )
 
 
@@ -335,29 +361,9 @@ class AttemptResult:
 async def record_attempts_txn(conn: AsyncConnection, results: Sequence[AttemptResult]) -> None:
     """Store ended attempts. An attempt no longer current (superseded, or the instance was
     reset) matches no row and its result is dropped: the turn already moved on."""
-    s = steps.c
-    await conn.execute(
-        update(steps).where(
-            s.instance_pk == bindparam("b_pk"), s.step_key == bindparam("b_key"),
-            s.attempt_token == bindparam("b_token"), s.state == h.RUNNING,
-            s.attempt_outcome.is_(None),
-        ).values(
-            attempt_outcome=bindparam("b_outcome"), output=bindparam("b_output"),
-            error=bindparam("b_error"), ended_at_ms=bindparam("b_ended"),
-            heartbeat_at_ms=bindparam("b_ended"),
-        ),
-        sorted_params([_attempt_params(r) for r in results], "b_pk", "b_key"),
-    )
-    a = step_attempts.c
-    await conn.execute(
-        update(step_attempts).where(
-            a.instance_pk == bindparam("b_pk"), a.step_key == bindparam("b_key"),
-            a.attempt == bindparam("b_attempt"), a.token == bindparam("b_token"),
-            a.ended_at_ms.is_(None),
-        ).values(ended_at_ms=bindparam("b_ended"), success=bindparam("b_ok"),
-                 error=bindparam("b_error")),
-        sorted_params([_attempt_params(r) for r in results], "b_pk", "b_key"),
-    )
+    params = sorted_params([_attempt_params(r) for r in results], "b_pk", "b_key")
+    await conn.execute(_RECORD_STEP, params)
+    await conn.execute(_RECORD_ATTEMPT, params)
 
 
 def _attempt_params(r: AttemptResult) -> dict[str, Any]:
