@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -68,6 +68,7 @@ class _Gate:
     rate: float | None
     tokens: float
     tokens_at_ms: int
+    stored: bool = False  # the row exists (it was locked)
 
     def refill(self, now_ms: int) -> None:
         if self.rate is None:
@@ -103,15 +104,21 @@ async def configure_txn(
         ))
 
 
-async def _lock_gates(conn: AsyncConnection, workflows: Iterable[str]) -> dict[str, _Gate]:
-    # Gate rows are locked after instance rows, in name order with '*' last, by everyone.
+async def _lock_gates(
+    conn: AsyncConnection, workflows: Iterable[str], *, with_queued: bool = False
+) -> dict[str, _Gate]:
+    """Lock the gates of ``workflows`` and the global one (and, ``with_queued``, those of
+    every workflow with instances waiting for a slot)."""
+    # Gate rows are locked after instance rows, in name order with '*' last, by everyone
+    # (PostgreSQL locks the rows of an ordered SELECT ... FOR UPDATE in that order).
     names = sorted(set(workflows) - {ALL})
+    wanted = gates.c.workflow.in_([*names, ALL])
     rows = (await conn.execute(
-        select(gates).where(gates.c.workflow.in_([*names, ALL])).with_for_update()
-        .order_by(gates.c.workflow == ALL, gates.c.workflow)
+        select(gates).where(or_(wanted, gates.c.queued > 0) if with_queued else wanted)
+        .with_for_update().order_by(gates.c.workflow == ALL, gates.c.workflow)
     )).all()
     found = {r.workflow: _Gate(r.workflow, r.max_running, r.running, r.queued, r.rate,
-                               r.tokens, r.tokens_at_ms) for r in rows}
+                               r.tokens, r.tokens_at_ms, stored=True) for r in rows}
     for name in [*names, ALL]:
         found.setdefault(name, _Gate(name, DEFAULT_GLOBAL_LIMIT if name == ALL else None,
                                      0, 0, None, 0.0, 0))
@@ -120,12 +127,21 @@ async def _lock_gates(conn: AsyncConnection, workflows: Iterable[str]) -> dict[s
 
 async def _store_gates(conn: AsyncConnection, touched: Iterable[_Gate]) -> None:
     insert_ = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stored = []
     for gate in touched:
         values = {"running": max(0, gate.running), "queued": max(0, gate.queued),
                   "tokens": gate.tokens, "tokens_at_ms": gate.tokens_at_ms}
+        if gate.stored:  # the common case: one executemany for all of them
+            stored.append({"b_workflow": gate.workflow, **values})
+            continue
         await conn.execute(insert_(gates).values(
             workflow=gate.workflow, max_running=gate.max_running, rate=gate.rate, **values,
         ).on_conflict_do_update(index_elements=[gates.c.workflow], set_=values))
+    if stored:
+        await conn.execute(_UPDATE_GATE, stored)
+
+
+_UPDATE_GATE = update(gates).where(gates.c.workflow == bindparam("b_workflow"))
 
 
 async def settle_txn(
@@ -138,9 +154,7 @@ async def settle_txn(
     if not changing:
         return result
     # Freed global slots may belong to another workflow's queue (fairness): lock those too.
-    others = (await conn.execute(select(gates.c.workflow).where(
-        gates.c.queued > 0, gates.c.workflow != ALL))).scalars().all()
-    gate_map = await _lock_gates(conn, [workflow, *others])
+    gate_map = await _lock_gates(conn, [workflow], with_queued=True)
     gate, total = gate_map[workflow], gate_map[ALL]
     gate.refill(now_ms)
     released = [r.pk for r in changing if r.had_slot and not r.wants_slot]
