@@ -96,7 +96,11 @@ class TurnLoop:
         self._batch_size = batch_size
         self._lease_ms = lease_ms
         self._parallelism = parallelism
-        self._queue: asyncio.Queue[tuple[str, Delivery]] = asyncio.Queue()
+        # Prefetched deliveries, turn messages (wake-ups, commands) first: the broker's queue
+        # priority orders what is not yet delivered, this orders what already was.
+        self._queue: asyncio.PriorityQueue[tuple[int, int, str, Delivery]] = (
+            asyncio.PriorityQueue())
+        self._arrivals = itertools.count()
         self._tokens = itertools.count(1)
         self._lifecycle: list[OutgoingMessage] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -115,15 +119,15 @@ class TurnLoop:
 
     def handler(self, workflow: str) -> Any:
         async def on_delivery(delivery: Delivery) -> None:
-            self._queue.put_nowait((workflow, delivery))
+            urgency = 0 if delivery.exchange == "internal" else 1
+            self._queue.put_nowait((urgency, next(self._arrivals), workflow, delivery))
         return on_delivery
 
     async def _process_forever(self) -> None:
         while True:
-            first = await self._queue.get()
-            items = [first]
+            items = [(await self._queue.get())[2:]]
             while len(items) < self._batch_size and not self._queue.empty():
-                items.append(self._queue.get_nowait())
+                items.append(self._queue.get_nowait()[2:])
             batches: dict[str, _Batch] = {}
             for workflow, delivery in items:
                 batches.setdefault(workflow, _Batch(workflow)).deliveries.append(delivery)

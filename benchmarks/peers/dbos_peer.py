@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -67,13 +68,20 @@ async def dbos_workers(opts: Options, dsn: str) -> AsyncIterator[ProcessGroup]:
 
 @asynccontextmanager
 async def dbos_inprocess(dsn: str) -> AsyncIterator[None]:
-    """DBOS launched in this process (it is a process-wide singleton)."""
-    await asyncio.to_thread(lambda: DBOS(config=dbos_app.config(dsn)))
-    await asyncio.to_thread(DBOS.launch)
-    try:
-        yield
-    finally:
-        await asyncio.to_thread(DBOS.destroy)
+    """DBOS launched in this process (it is a process-wide singleton).
+
+    Its set-up and tear-down run in a thread pool of our own: DBOS installs its executor as
+    the loop's default and shuts it down on ``destroy``, so a second run through
+    ``asyncio.to_thread`` would find it closed."""
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        await loop.run_in_executor(pool, lambda: DBOS(config=dbos_app.config(dsn)))
+        await loop.run_in_executor(pool, DBOS.launch)
+        try:
+            yield
+        finally:
+            await loop.run_in_executor(pool, DBOS.destroy)
+            loop.set_default_executor(ThreadPoolExecutor())
 
 
 async def _count_success(probe: PgProbe, name: str) -> int:
