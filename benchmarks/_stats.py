@@ -70,3 +70,14 @@ def median_of_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 def rate(count: float, seconds: float) -> float:
     """``count / seconds`` rounded to 0.1, or 0 when no time passed."""
     return round(count / seconds, 1) if seconds > 0 else 0.0
+
+
+def max_overlap(intervals: Sequence[tuple[float, float]]) -> int:
+    """Most ``[start, end)`` intervals open at once (an end and a start at the same instant do
+    not overlap: a freed concurrency slot is handed on in the transaction that frees it)."""
+    edges = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
+    open_now = most = 0
+    for _, delta in edges:
+        open_now += delta
+        most = max(most, open_now)
+    return most

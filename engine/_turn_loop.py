@@ -72,7 +72,6 @@ class _Turn:
     leased: Leased
     decided: list[tuple[h.InstanceSnapshot, TurnOutcome]]
     done: Committed
-    now: int
 
     @property
     def found(self) -> set[str]:
@@ -323,7 +322,7 @@ class TurnLoop:
                 done = (await commit_txn(conn, owner, decided, self._worker_id, now,
                                          leased_in_this_transaction=True)
                         if decided else Committed())
-            return _Turn(workflow, leased, decided, done, now)
+            return _Turn(workflow, leased, decided, done)
         except ValidationError:
             log.warning("a turn outcome cannot be stored; committing instance by instance",
                         workflow=workflow)
@@ -337,7 +336,7 @@ class TurnLoop:
         except BaseException:
             await self._release(owner)
             raise
-        return _Turn(workflow, leased, decided, done, now)
+        return _Turn(workflow, leased, decided, done)
 
     async def _release(self, owner: str) -> None:
         """Don't leave a failed batch's leases to expire (30 s of nothing) on the way out."""

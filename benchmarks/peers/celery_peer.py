@@ -27,7 +27,7 @@ from benchmarks._procs import ProcessGroup, python
 from benchmarks._stats import rate
 from benchmarks._wait import until
 from benchmarks.peers.celery_app import NOOP, NOW, READY_MARKER, make_app
-from benchmarks.scenarios.latency import latency_result, warmup
+from benchmarks.scenarios.latency import Timing, latency_loop, warmup
 
 STEPS = 3
 
@@ -125,11 +125,8 @@ async def _has(probe: PgProbe, count: int) -> bool:
 
 async def latency(opts: Options, n: int) -> dict[str, Any]:
     async with celery_stack(opts) as st:
-        complete: list[float] = []
-        first_step: list[float] = []
-        create_call: list[float] = []
-        skip = warmup(opts)
-        for i in range(skip + n):
+
+        async def once() -> Timing:
             t0 = time.time()
             result = _chain(st.app, NOW).apply_async()
             accepted = time.time()
@@ -137,12 +134,9 @@ async def latency(opts: Options, n: int) -> dict[str, Any]:
                                interval=opts.poll_s, what="a celery chain",
                                alive=st.workers.check_alive)
             times = await asyncio.to_thread(result.get, timeout=10)
-            if i < skip:
-                continue
-            complete.append(done - t0)
-            first_step.append(float(times[0]) - t0)
-            create_call.append(accepted - t0)
-        out = latency_result(n, st.concurrency, complete, first_step, create_call)
+            return t0, accepted, done, times
+
+        out = await latency_loop(n, warmup(opts), st.concurrency, once)
         out["config"] = {"pool": "prefork", "concurrency": st.concurrency,
                          "prefetch_multiplier": opts.celery_prefetch}
         return out

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any
@@ -32,7 +32,7 @@ from benchmarks._procs import ProcessGroup, python
 from benchmarks._stats import rate
 from benchmarks._wait import BenchmarkFailed, until
 from benchmarks.peers import dbos_app
-from benchmarks.scenarios.latency import latency_result, warmup
+from benchmarks.scenarios.latency import Timing, latency_loop, warmup
 
 STEPS = 3
 BATCH = 100
@@ -182,39 +182,22 @@ async def latency(opts: Options, n: int) -> dict[str, Any]:
     async with dbos_database(opts) as (dsn, probe):
         if how == "inprocess":
             async with dbos_inprocess(dsn):
-                out = await _latency_loop(n, warmup(opts), _inprocess_once)
+                out = await latency_loop(n, warmup(opts), 1, _inprocess_once)
         else:
             async with dbos_workers(opts, dsn) as workers:
                 client = await asyncio.to_thread(lambda: DBOSClient(system_database_url=dsn))
                 try:
-                    out = await _latency_loop(
-                        n, warmup(opts), lambda: _queue_once(client, probe, opts, workers))
+                    out = await latency_loop(
+                        n, warmup(opts), 1, lambda: _queue_once(client, probe, opts, workers))
                 finally:
                     await asyncio.to_thread(client.destroy)
         out["config"] = {"mode": how, "queue_polling_interval_s": dbos_app.POLLING_INTERVAL_S}
         return out
 
 
-Once = Callable[[], Awaitable[tuple[float, float, float, list[float]]]]
-
-
-async def _latency_loop(n: int, skip: int, once: Once) -> dict[str, Any]:
-    complete: list[float] = []
-    first_step: list[float] = []
-    create_call: list[float] = []
-    for i in range(skip + n):
-        t0, accepted, done, times = await once()
-        if i < skip:
-            continue
-        complete.append(done - t0)
-        first_step.append(float(times[0]) - t0)
-        create_call.append(accepted - t0)
-    return latency_result(n, 1, complete, first_step, create_call)
-
-
-async def _inprocess_once() -> tuple[float, float, float, list[float]]:
+async def _inprocess_once() -> Timing:
     """``start_workflow`` then ``get_result`` — DBOS's own in-process wait, no polling."""
-    def once() -> tuple[float, float, float, list[float]]:
+    def once() -> Timing:
         t0 = time.time()
         handle = DBOS.start_workflow(dbos_app.timed3)
         accepted = time.time()
@@ -224,7 +207,7 @@ async def _inprocess_once() -> tuple[float, float, float, list[float]]:
 
 
 async def _queue_once(client: DBOSClient, probe: PgProbe, opts: Options,
-                      workers: ProcessGroup) -> tuple[float, float, float, list[float]]:
+                      workers: ProcessGroup) -> Timing:
     t0 = time.time()
     handle: WorkflowHandle[list[float]] = client.enqueue(
         {"workflow_name": "timed3", "queue_name": dbos_app.QUEUE})

@@ -37,7 +37,7 @@ from typing import Any
 
 from benchmarks._options import Options
 from benchmarks._probe import span_ms
-from benchmarks._stats import distribution, rate
+from benchmarks._stats import distribution, max_overlap, rate
 from benchmarks._warren import WarrenTarget, warren_target
 from benchmarks.scenarios._common import create_batched, wait_complete
 
@@ -113,7 +113,7 @@ async def run(engine: str, opts: Options) -> dict[str, Any]:
         "gate": max((s.gate_running for s in samples), default=0),
         "slots": max((s.slots for s in samples), default=0),
         "status_running": max((s.status_running for s in samples), default=0),
-        "from_rows": _max_overlap([(int(s), int(e)) for _, s, e in rows]),
+        "from_rows": max_overlap([(int(s), int(e)) for _, s, e in rows]),
     }
     return {
         "instances": n, "max_concurrency": limit, "workers": opts.workers,
@@ -176,12 +176,3 @@ def _window(starts: Sequence[int], lo: int, hi: int, created: Sequence[int],
     }
 
 
-def _max_overlap(intervals: Sequence[tuple[int, int]]) -> int:
-    """Most ``[start, end)`` intervals open at once (an end and a start at the same
-    millisecond do not overlap: a freed slot is handed on in the transaction that frees it)."""
-    edges = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals])
-    open_now = most = 0
-    for _, delta in edges:
-        open_now += delta
-        most = max(most, open_now)
-    return most

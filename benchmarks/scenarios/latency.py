@@ -9,6 +9,7 @@ A few warm-up instances (connections, caches) are run first and not counted.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from benchmarks._options import Options
@@ -42,22 +43,37 @@ async def _warren(engine: str, opts: Options, n: int) -> dict[str, Any]:
     workers = 1 if engine == "warren-embedded" else opts.workers
     async with warren_target(engine, opts.services, opts.log_dir, workers=workers) as target:
         wf = target.client.workflow(WORKFLOW)
-        complete: list[float] = []
-        first_step: list[float] = []
-        create_call: list[float] = []
-        skip = warmup(opts)
-        for i in range(skip + n):
+
+        async def once() -> Timing:
             t0 = time.time()
             inst = await wf.create()
             accepted = time.time()
             done, output = await wait_one(target, WORKFLOW, inst.id, limit_s=30,
                                           interval=opts.poll_s)
-            if i < skip:
-                continue
-            complete.append(done - t0)
-            first_step.append(float(output[0]) - t0)
-            create_call.append(accepted - t0)
-        return latency_result(n, workers, complete, first_step, create_call)
+            return t0, accepted, done, output
+
+        return await latency_loop(n, warmup(opts), workers, once)
+
+
+Timing = tuple[float, float, float, list[float]]
+"""One instance: (start, create accepted, seen complete, the steps' start times)."""
+
+
+async def latency_loop(
+    n: int, skip: int, workers: int, once: Callable[[], Awaitable[Timing]]
+) -> dict[str, Any]:
+    """Run ``once`` ``skip + n`` times, one after another; report the last ``n``."""
+    complete: list[float] = []
+    first_step: list[float] = []
+    create_call: list[float] = []
+    for i in range(skip + n):
+        t0, accepted, done, times = await once()
+        if i < skip:
+            continue
+        complete.append(done - t0)
+        first_step.append(float(times[0]) - t0)
+        create_call.append(accepted - t0)
+    return latency_result(n, workers, complete, first_step, create_call)
 
 
 def latency_result(n: int, workers: int, complete: list[float], first_step: list[float],

@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Any
 
+from benchmarks._stats import max_overlap
 from sdk import WorkflowEntrypoint, WorkflowEvent, WorkflowStep
 from tests.helpers import eventually
 from tests.stacks import Stack
@@ -27,15 +28,6 @@ class Limited(WorkflowEntrypoint):
         await step.do("second", work)
 
 
-def _max_overlap(intervals: list[tuple[float, float]]) -> int:
-    edges = sorted([(a, 1) for a, _ in intervals] + [(b, -1) for _, b in intervals])
-    best = current = 0
-    for _, delta in edges:
-        current += delta
-        best = max(best, current)
-    return best
-
-
 async def test_never_more_than_max_concurrency_running(stack: Stack) -> None:
     INTERVALS.clear()
     async with stack.running([Limited]) as client:
@@ -47,7 +39,7 @@ async def test_never_more_than_max_concurrency_running(stack: Stack) -> None:
             await inst.wait_for_status("complete", timeout=60)
         final = await wf.counts()
     assert len(INTERVALS) == 100
-    assert _max_overlap(INTERVALS) == 5  # the limit was reached, never exceeded
+    assert max_overlap(INTERVALS) == 5  # the limit was reached, never exceeded
     assert final["running"] == 0 and final["queued"] == 0 and final["max_running"] == 5
 
 
@@ -74,7 +66,7 @@ async def test_sleeping_instances_hold_no_slot(stack: Stack) -> None:
                   datetime.fromisoformat(n["end"]).timestamp()) for n in naps]
     # Were sleepers holding slots, at most 10 could sleep at once and this would take 30 s.
     # (How far above 10 depends on how fast a loaded machine starts them.)
-    assert _max_overlap(intervals) >= 20
+    assert max_overlap(intervals) >= 20
     assert elapsed < 20, f"100 sleeps of 3 s at concurrency 10 took {elapsed:.1f}s"
 
 
