@@ -31,7 +31,8 @@ class Settings:
             Env ``WARREN_HEARTBEAT_TIMEOUT``.
         sweep_interval_s: How often the sweeper looks for lost wake-ups.
             Env ``WARREN_SWEEP_INTERVAL``.
-        sweep_grace_s: How overdue a wake-up must be before the sweeper re-issues it.
+        sweep_grace_s: How overdue a wake-up must be before the sweeper re-issues it; it
+            re-issues it again each time it is twice as overdue as at the last time.
         max_concurrency: Instances running at once across all workflows.
             Env ``WARREN_MAX_CONCURRENCY`` (default 50,000).
         retention_days: Finished instances (complete, errored, terminated) are deleted with

@@ -54,9 +54,15 @@ class Sweeper:
         self._task = asyncio.create_task(self._sweep_forever(), name="warren-sweeper")
 
     async def stop(self) -> None:
+        """Stop sweeping and hand the sweeper lease over (another worker sweeps at once)."""
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        try:
+            async with self._db.transaction() as conn:
+                await q.release_lease_txn(conn, self._lease_name, self._worker_id)
+        except Exception as exc:  # the lease then simply expires
+            log.warning("could not release the sweeper lease", error=repr(exc))
 
     async def _sweep_forever(self) -> None:
         while True:
@@ -74,9 +80,12 @@ class Sweeper:
             if not await q.take_lease_txn(conn, self._lease_name, self._worker_id, now, ttl_ms):
                 return 0
             served = self._served
-            pokes = await q.overdue_timers_txn(conn, served, now, self._grace_ms, _BATCH)
-            pokes += await q.stale_steps_txn(conn, served, now, self._heartbeat_timeout_ms,
-                                             _BATCH)
+            repairs = await q.overdue_timers_txn(conn, served, now, self._grace_ms, _BATCH)
+            repairs += await q.stale_steps_txn(conn, served, now, self._heartbeat_timeout_ms,
+                                               _BATCH)
+            # Published before the commit: if the broker refuses, the timers and heartbeats
+            # are not pushed back, and the next sweep tries again at once.
+            await self._publish(repairs)
         self._sweeps += 1
         async with self._db.transaction() as conn:
             if self._sweeps % _RECONCILE_EVERY == 0:
@@ -88,7 +97,7 @@ class Sweeper:
                 for counts in await all_gate_counts(conn):
                     log.info("gate", **counts)
             # Slots that free up with time (creation rate tokens) or after repairs.
-            pokes += await admit_all_txn(conn, served, now)
+            pokes = await admit_all_txn(conn, served, now)
         async with self._db.reading() as conn:
             pokes += await q.expired_leases(conn, served, now, _BATCH)
             if self._sweeps % _RECONCILE_EVERY == 1:
@@ -97,6 +106,10 @@ class Sweeper:
                 pokes += await q.unstarted_instances(conn, served, now, _UNSTARTED_GRACE_MS,
                                                      _UNSTARTED_BATCH)
                 pokes += await q.idle_slot_holders(conn, served, _BATCH)
+        await self._publish(pokes)
+        return len(q.unique([*repairs, *pokes]))
+
+    async def _publish(self, pokes: list[q.Poke]) -> None:
         pokes = q.unique(pokes)
         if pokes:
             log.info("sweeper re-issued wake-ups", count=len(pokes))
@@ -104,4 +117,3 @@ class Sweeper:
                 turn_message(workflow, "wake", instance_id)
                 for workflow, instance_id in pokes
             ])
-        return len(pokes)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import orjson
-from sqlalchemy import delete, or_, select, tuple_, update
+from sqlalchemy import and_, bindparam, delete, func, or_, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -50,24 +50,49 @@ async def take_lease_txn(
     return result.rowcount == 1  # type: ignore[attr-defined, no-any-return]
 
 
+async def release_lease_txn(conn: AsyncConnection, name: str, owner: str) -> None:
+    """Give up the named engine lease if ``owner`` holds it, for another worker to take now."""
+    c = engine_leases.c
+    await conn.execute(update(engine_leases).where(c.name == name, c.owner == owner)
+                       .values(owner=None, expires_at_ms=0))
+
+
 async def overdue_timers_txn(
     conn: AsyncConnection, served: Sequence[str], now_ms: int, grace_ms: int, limit: int
 ) -> list[Poke]:
-    """Instances with a timer overdue by more than ``grace_ms``; their timers are pushed back
-    by ``grace_ms`` so the next sweep does not repeat the wake-up while it is in flight."""
+    """Instances with a timer overdue by more than ``grace_ms``, for a new wake-up.
+
+    Each such timer is pushed back by as long as its wake-up is already overdue (at least
+    ``grace_ms``), so the re-issues of one timer are ever further apart. A wake-up that is
+    late because the workers are overloaded is queued, not lost: re-issuing it every
+    ``grace_ms`` would add a turn per sweep to every late instance, just when the workers
+    can least afford it, and make everything later still.
+    """
+    wake_at = func.coalesce(steps.c.wake_at_ms, timers.c.due_at_ms)
     rows = (await conn.execute(
-        select(timers.c.instance_pk, timers.c.step_key, instances.c.workflow,
-               instances.c.instance_id)
+        select(timers.c.instance_pk, timers.c.step_key, wake_at.label("wake_at_ms"),
+               instances.c.workflow, instances.c.instance_id)
         .join(instances, instances.c.pk == timers.c.instance_pk)
+        .outerjoin(steps, and_(steps.c.instance_pk == timers.c.instance_pk,
+                               steps.c.step_key == timers.c.step_key))
         .where(timers.c.due_at_ms < now_ms - grace_ms, instances.c.workflow.in_(served))
+        .order_by(timers.c.instance_pk, timers.c.step_key)
         .limit(limit)
+        .with_for_update(of=timers)
     )).all()
     if rows:
-        due = locked(timers, tuple_(timers.c.instance_pk, timers.c.step_key).in_(
-            [(r.instance_pk, r.step_key) for r in rows]))
-        await conn.execute(update(timers).where(joined(timers, due))
-                           .values(due_at_ms=now_ms + grace_ms))
+        await conn.execute(_PUSH_TIMER, [
+            {"b_pk": r.instance_pk, "b_key": r.step_key,
+             "b_due": now_ms + max(grace_ms, now_ms - r.wake_at_ms)}
+            for r in rows
+        ])
     return [(r.workflow, r.instance_id) for r in rows]
+
+
+_PUSH_TIMER = (update(timers)
+               .where(timers.c.instance_pk == bindparam("b_pk"),
+                      timers.c.step_key == bindparam("b_key"))
+               .values(due_at_ms=bindparam("b_due")))
 
 
 async def stale_steps_txn(
