@@ -33,6 +33,7 @@ from engine import _history as h
 from engine._clock import now_ms
 from engine._codec import MAX_VALUE_BYTES, encode_json, error_dict
 from engine._history import FINISHED_STATUSES
+from engine._intake import Intake, Taken
 from engine._lifecycle import lifecycle_message
 from engine._replay import TurnOutcome, replay
 from engine._runner import StepJob, StepRunner
@@ -92,14 +93,10 @@ class TurnLoop:
         self._runner = runner
         self._workflows = workflows
         self._worker_id = worker_id
-        self._batch_size = batch_size
         self._lease_ms = lease_ms
         self._parallelism = parallelism
-        # Prefetched deliveries, turn messages (wake-ups, commands) first: the broker's queue
-        # priority orders what is not yet delivered, this orders what already was.
-        self._queue: asyncio.PriorityQueue[tuple[int, int, str, Delivery]] = (
-            asyncio.PriorityQueue())
-        self._arrivals = itertools.count()
+        # The broker's queue priority orders what is not yet delivered, this what already was.
+        self._intake = Intake(batch_size=batch_size, new_work_lanes=max(1, parallelism // 2))
         self._tokens = itertools.count(1)
         self._lifecycle: list[OutgoingMessage] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -118,26 +115,29 @@ class TurnLoop:
 
     def handler(self, workflow: str) -> Any:
         async def on_delivery(delivery: Delivery) -> None:
-            urgency = 0 if delivery.exchange == "internal" else 1
-            self._queue.put_nowait((urgency, next(self._arrivals), workflow, delivery))
+            self._intake.put(workflow, delivery)
         return on_delivery
 
     async def _process_forever(self) -> None:
         while True:
-            items = [(await self._queue.get())[2:]]
-            while len(items) < self._batch_size and not self._queue.empty():
-                items.append(self._queue.get_nowait()[2:])
-            batches: dict[str, _Batch] = {}
-            for workflow, delivery in items:
-                batches.setdefault(workflow, _Batch(workflow)).deliveries.append(delivery)
-            for batch in batches.values():
-                try:
-                    await self._process(batch)
-                except Exception:
-                    log.exception("turn batch failed; messages requeued", workflow=batch.workflow)
-                    await asyncio.gather(*(d.nack(requeue=True) for d in batch.deliveries),
-                                         return_exceptions=True)
-                    await asyncio.sleep(0.2)
+            taken = await self._intake.take()
+            try:
+                await self._process_taken(taken)
+            finally:
+                self._intake.done(taken)
+
+    async def _process_taken(self, taken: Taken) -> None:
+        batches: dict[str, _Batch] = {}
+        for workflow, delivery in taken.items:
+            batches.setdefault(workflow, _Batch(workflow)).deliveries.append(delivery)
+        for batch in batches.values():
+            try:
+                await self._process(batch)
+            except Exception:
+                log.exception("turn batch failed; messages requeued", workflow=batch.workflow)
+                await asyncio.gather(*(d.nack(requeue=True) for d in batch.deliveries),
+                                     return_exceptions=True)
+                await asyncio.sleep(0.2)
 
     async def _process(self, batch: _Batch) -> None:
         stored: list[Delivery] = []  # creates and events: their effect is already in SQL

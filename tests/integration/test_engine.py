@@ -151,7 +151,7 @@ async def test_sleeps_hold_no_resources_and_never_wake_early(stack: Stack) -> No
         await inst.wait_for_status("waiting", timeout=10)
         # While it sleeps: no step task, nothing unacked, nothing queued in the worker.
         assert worker._runner.in_flight == 0
-        assert worker._turns._queue.empty()
+        assert len(worker._turns._intake) == 0
         assert await worker.broker.queue_depth("sleepy") == 0  # type: ignore[attr-defined]
         st = await inst.wait_for_status("complete", timeout=20)
     out = st.output

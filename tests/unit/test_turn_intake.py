@@ -1,11 +1,13 @@
-"""Deliveries a worker has prefetched are taken turn messages first."""
+"""Prefetched deliveries: turn messages first, and new work never in every turn task."""
 
 from __future__ import annotations
 
-from typing import Any, cast
+import asyncio
+
+import pytest
 
 from broker import Delivery, Envelope, Exchange
-from engine._turn_loop import TurnLoop
+from engine._intake import Intake
 
 
 class _Delivery(Delivery):
@@ -18,14 +20,50 @@ class _Delivery(Delivery):
     async def dead_letter(self, reason: str) -> None: ...
 
 
+def _creates(n: int) -> list[Delivery]:
+    return [_Delivery("create", b'{"id": "c%d"}' % i) for i in range(n)]
+
+
+def _wake(instance_id: str) -> Delivery:
+    return _Delivery("internal", Envelope("wake", instance_id).encode())
+
+
 async def test_a_wake_up_prefetched_behind_creates_is_taken_first() -> None:
-    none = cast(Any, None)
-    loop = TurnLoop(none, none, none, {}, worker_id="w", batch_size=10, lease_ms=1000,
-                    parallelism=1)
-    on_delivery = loop.handler("wf")
-    creates = [_Delivery("create", b'{"id": "c%d"}' % i) for i in range(5)]
-    wake = _Delivery("internal", Envelope("wake", "sleeper").encode())
+    intake = Intake(batch_size=10, new_work_lanes=1)
+    creates, wake = _creates(5), _wake("sleeper")
     for d in [*creates[:3], wake, *creates[3:]]:
-        await on_delivery(d)
-    taken = [loop._queue.get_nowait()[3] for _ in range(6)]
-    assert taken == [wake, *creates]  # the wake-up first, then the creates in arrival order
+        intake.put("wf", d)
+    first = await intake.take()
+    assert [d for _, d in first.items] == [wake] and not first.new_work
+    second = await intake.take()
+    assert [d for _, d in second.items] == creates and second.new_work  # in arrival order
+    assert len(intake) == 0
+
+
+async def test_new_work_fills_only_its_lanes_so_a_wake_up_never_waits_for_a_batch() -> None:
+    intake = Intake(batch_size=2, new_work_lanes=2)
+    for d in _creates(10):
+        intake.put("wf", d)
+    lanes = [await intake.take(), await intake.take()]
+    assert all(t.new_work for t in lanes)
+    # Both lanes are busy: a third task gets no creates, and takes the wake-up at once.
+    third = asyncio.create_task(intake.take())
+    await asyncio.sleep(0)
+    assert not third.done()
+    wake = _wake("sleeper")
+    intake.put("wf", wake)
+    taken = await asyncio.wait_for(third, 1)
+    assert [d for _, d in taken.items] == [wake]
+    # A finished batch frees its lane for the next creates.
+    fourth = asyncio.create_task(intake.take())
+    await asyncio.sleep(0)
+    assert not fourth.done()
+    intake.done(lanes[0])
+    assert (await asyncio.wait_for(fourth, 1)).new_work
+
+
+def test_an_intake_needs_a_batch_and_a_lane() -> None:
+    with pytest.raises(ValueError):
+        Intake(batch_size=0, new_work_lanes=1)
+    with pytest.raises(ValueError):
+        Intake(batch_size=1, new_work_lanes=0)

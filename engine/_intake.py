@@ -1,0 +1,67 @@
+"""A worker's prefetched deliveries, handed to its turn tasks as batches.
+
+Turn messages (wake-ups, commands, step hand-offs) are taken first. New work (creates and
+events) is taken by at most ``new_work_lanes`` tasks at a time, so that under a flood of
+creates some tasks are always free for a wake-up: a batch is not preemptible, and without
+free tasks a due wake-up would wait for whole batches of creates to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+
+from broker import Delivery
+
+Item = tuple[str, Delivery]  # (workflow, delivery)
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """A batch of deliveries taken from the intake; give it back with :meth:`Intake.done`."""
+
+    items: list[Item]
+    new_work: bool
+
+
+class Intake:
+    """Prefetched deliveries: turn messages first, new work in a bounded number of lanes."""
+
+    def __init__(self, *, batch_size: int, new_work_lanes: int) -> None:
+        if batch_size < 1 or new_work_lanes < 1:
+            raise ValueError("batch_size and new_work_lanes must be >= 1")
+        self._batch_size = batch_size
+        self._lanes = new_work_lanes
+        self._turn_messages: deque[Item] = deque()
+        self._new_work: deque[Item] = deque()
+        self._new_work_taken = 0
+        self._changed = asyncio.Event()
+
+    def __len__(self) -> int:
+        return len(self._turn_messages) + len(self._new_work)
+
+    def put(self, workflow: str, delivery: Delivery) -> None:
+        waiting = self._turn_messages if delivery.exchange == "internal" else self._new_work
+        waiting.append((workflow, delivery))
+        self._changed.set()
+
+    async def take(self) -> Taken:
+        """The next batch: up to ``batch_size`` turn messages, else new work if a lane is free."""
+        while True:
+            if self._turn_messages:
+                return Taken(self._pop(self._turn_messages), new_work=False)
+            if self._new_work and self._new_work_taken < self._lanes:
+                self._new_work_taken += 1
+                return Taken(self._pop(self._new_work), new_work=True)
+            self._changed.clear()
+            await self._changed.wait()
+
+    def done(self, taken: Taken) -> None:
+        """The batch is processed: its lane is free again."""
+        if taken.new_work:
+            self._new_work_taken -= 1
+            self._changed.set()
+
+    def _pop(self, waiting: deque[Item]) -> list[Item]:
+        return [waiting.popleft() for _ in range(min(self._batch_size, len(waiting)))]
