@@ -38,7 +38,7 @@ from engine._lifecycle import lifecycle_message
 from engine._replay import TurnOutcome, replay
 from engine._runner import StepJob, StepRunner
 from engine._store._database import Database
-from engine._store._events import store_event_txn
+from engine._store._events import IncomingEvent, store_events_txn
 from engine._store._instances import NewInstance, create_from_message_txn, existing_ids
 from engine._store._turns import (
     AttemptResult,
@@ -142,12 +142,17 @@ class TurnLoop:
     async def _process(self, batch: _Batch) -> None:
         stored: list[Delivery] = []  # creates and events: their effect is already in SQL
         pokes: list[Delivery] = []
+        incoming: list[tuple[Delivery, IncomingEvent]] = []
         for delivery in batch.deliveries:
-            instance_id = await self._admit(batch.workflow, delivery)
-            if instance_id is None:
-                continue
+            admitted = await self._admit(batch.workflow, delivery)
+            if isinstance(admitted, IncomingEvent):
+                incoming.append((delivery, admitted))
+            elif admitted is not None:
+                batch.instance_ids[admitted] = None
+                (pokes if delivery.exchange == "internal" else stored).append(delivery)
+        for delivery, instance_id in await self._store_events(batch.workflow, incoming):
             batch.instance_ids[instance_id] = None
-            (pokes if delivery.exchange == "internal" else stored).append(delivery)
+            stored.append(delivery)
         try:
             found = (await self._turns(batch.workflow, list(batch.instance_ids))
                      if batch.instance_ids else set())
@@ -181,8 +186,9 @@ class TurnLoop:
                     "but there is no such instance (publish creates without that header)")
         return [d for d in stored if claims.get(d) not in unseen]
 
-    async def _admit(self, workflow: str, delivery: Delivery) -> str | None:
-        """Decode a delivery into the instance it concerns; dead-letter what is malformed."""
+    async def _admit(self, workflow: str, delivery: Delivery) -> str | IncomingEvent | None:
+        """Decode a delivery into the instance it concerns (an event: into the event, stored
+        with the batch's others); dead-letter what is malformed."""
         try:
             if len(delivery.body) > MAX_MESSAGE_BYTES:
                 raise ValidationError(
@@ -193,7 +199,7 @@ class TurnLoop:
             if delivery.exchange == "create":
                 return await self._create(workflow, delivery)
             if delivery.exchange == "events":
-                return await self._event(workflow, delivery)
+                return _incoming_event(workflow, delivery)
             raise ValidationError(f"unexpected message from exchange {delivery.exchange!r}")
         except (ValidationError, EnvelopeError, _Rejected) as exc:
             log.warning("message rejected", workflow=workflow, exchange=delivery.exchange,
@@ -226,31 +232,30 @@ class TurnLoop:
             self._lifecycle.append(lifecycle_message(workflow, instance_id, "instance.queued", {}))
         return str(instance_id)
 
-    async def _event(self, workflow: str, delivery: Delivery) -> str:
-        parts = delivery.routing_key.split(".")
-        if len(parts) != 3 or parts[0] != workflow:
-            raise ValidationError(
-                "event routing key must be <workflow>.<instance_id>.<event_type>, "
-                f"got {delivery.routing_key!r}")
-        _, instance_id, event_type = parts
-        check_instance_id(instance_id)
-        check_event_type(event_type)
-        if len(delivery.body) > MAX_VALUE_BYTES:
-            raise LimitExceededError(
-                f"event payload is {len(delivery.body)} bytes; the limit is {MAX_VALUE_BYTES}")
-        try:
-            orjson.loads(delivery.body)
-        except orjson.JSONDecodeError as exc:
-            raise ValidationError(f"event payload is not JSON: {exc}") from None
+    async def _store_events(
+        self, workflow: str, incoming: list[tuple[Delivery, IncomingEvent]]
+    ) -> list[tuple[Delivery, str]]:
+        """Store a batch's events in one transaction; dead-letter those no live instance takes.
+
+        Returns the stored ones with their instance ids.
+        """
+        if not incoming:
+            return []
         async with self._db.transaction() as conn:
-            status = await store_event_txn(
-                conn, workflow, instance_id, event_type, delivery.body.decode(),
-                delivery.message_id, now_ms())
-        if status is None:
-            raise _Rejected(f"no instance {instance_id!r} in workflow {workflow!r}")
-        if status in FINISHED_STATUSES:
-            raise _Rejected(f"instance {instance_id!r} is {status}; it takes no more events")
-        return instance_id
+            statuses = await store_events_txn(conn, workflow, [e for _, e in incoming], now_ms())
+        stored: list[tuple[Delivery, str]] = []
+        for (delivery, event), status in zip(incoming, statuses, strict=True):
+            if status is None:
+                reason = f"no instance {event.instance_id!r} in workflow {workflow!r}"
+            elif status in FINISHED_STATUSES:
+                reason = f"instance {event.instance_id!r} is {status}; it takes no more events"
+            else:
+                stored.append((delivery, event.instance_id))
+                continue
+            log.warning("message rejected", workflow=workflow, exchange=delivery.exchange,
+                        routing_key=delivery.routing_key, reason=reason)
+            await delivery.dead_letter(reason)
+        return stored
 
     async def _turns(self, workflow: str, instance_ids: list[str]) -> set[str]:
         """Run turns of the instances; return the ids that exist and are not finished."""
@@ -440,6 +445,30 @@ async def reject_unroutable(delivery: Delivery) -> None:
     log.warning("message rejected", exchange=delivery.exchange,
                 routing_key=delivery.routing_key, reason=reason)
     await delivery.dead_letter(reason)
+
+
+def _incoming_event(workflow: str, delivery: Delivery) -> IncomingEvent:
+    """The event a delivery carries, checked (it is stored later, with its batch).
+
+    Raises:
+        ValidationError: The routing key, event type or payload is not acceptable.
+    """
+    parts = delivery.routing_key.split(".")
+    if len(parts) != 3 or parts[0] != workflow:
+        raise ValidationError(
+            "event routing key must be <workflow>.<instance_id>.<event_type>, "
+            f"got {delivery.routing_key!r}")
+    _, instance_id, event_type = parts
+    check_instance_id(instance_id)
+    check_event_type(event_type)
+    if len(delivery.body) > MAX_VALUE_BYTES:
+        raise LimitExceededError(
+            f"event payload is {len(delivery.body)} bytes; the limit is {MAX_VALUE_BYTES}")
+    try:
+        orjson.loads(delivery.body)
+    except orjson.JSONDecodeError as exc:
+        raise ValidationError(f"event payload is not JSON: {exc}") from None
+    return IncomingEvent(instance_id, event_type, delivery.body.decode(), delivery.message_id)
 
 
 def _retry_later(workflow: str, instance_ids: Iterable[str]) -> list[OutgoingMessage]:

@@ -2,36 +2,55 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine._history import FINISHED_STATUSES
+from engine._store._batching import padded
 from engine._store._schema import events, instances
 
 
-async def store_event_txn(
-    conn: AsyncConnection, workflow: str, instance_id: str, event_type: str, payload: str,
-    message_id: str | None, now_ms: int,
-) -> str | None:
-    """Store an event for a live instance.
+@dataclass(frozen=True, slots=True)
+class IncomingEvent:
+    """An event for one instance of the workflow, as received."""
+
+    instance_id: str
+    event_type: str
+    payload: str
+    message_id: str | None
+
+
+_STATUSES = select(instances.c.instance_id, instances.c.pk, instances.c.status).where(
+    instances.c.workflow == bindparam("b_workflow"),
+    instances.c.instance_id.in_(bindparam("b_ids", expanding=True)),
+)
+
+
+async def store_events_txn(
+    conn: AsyncConnection, workflow: str, incoming: Sequence[IncomingEvent], now_ms: int,
+) -> list[str | None]:
+    """Store events for live instances: one read and one insert for the whole batch.
 
     Returns:
-        The instance's status (the event is stored only if it is not finished), or ``None``
-        if there is no such instance. A repeated ``message_id`` is stored once.
+        Per event, its instance's status (the event is stored only if it is not finished),
+        or ``None`` if there is no such instance. A repeated ``message_id`` is stored once.
     """
-    row = (await conn.execute(
-        select(instances.c.pk, instances.c.status)
-        .where(instances.c.workflow == workflow, instances.c.instance_id == instance_id)
-    )).first()
-    if row is None or row.status in FINISHED_STATUSES:
-        return None if row is None else str(row.status)
-    insert_ = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    await conn.execute(
-        insert_(events).values(
-            instance_pk=row.pk, event_type=event_type, payload=payload, message_id=message_id,
-            received_at_ms=now_ms,
-        ).on_conflict_do_nothing()
-    )
-    return str(row.status)
+    ids = sorted({e.instance_id for e in incoming})
+    found = {r.instance_id: r for r in await conn.execute(
+        _STATUSES, {"b_workflow": workflow, "b_ids": padded(ids)})}
+    rows = [
+        {"instance_pk": found[e.instance_id].pk, "event_type": e.event_type,
+         "payload": e.payload, "message_id": e.message_id, "received_at_ms": now_ms}
+        for e in incoming
+        if e.instance_id in found and found[e.instance_id].status not in FINISHED_STATUSES
+    ]
+    if rows:
+        insert_ = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        await conn.execute(insert_(events).on_conflict_do_nothing(), rows)
+    return [str(found[e.instance_id].status) if e.instance_id in found else None
+            for e in incoming]

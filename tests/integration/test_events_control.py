@@ -378,3 +378,40 @@ async def test_create_and_event_from_a_c_client_amqp_publish(real_stack: Stack) 
         publish("events", "approval.from-c.approval", '{"by": "a C program"}')
         st = await inst.wait_for_status("complete", timeout=10)
     assert st.output["approved_by"] == "a C program"
+
+
+async def test_queued_events_are_stored_in_batches_and_a_bad_one_fails_alone(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import engine._turn_loop as turn_loop
+
+    async with stack.running([Approval]) as client:
+        instances = await client.workflow("approval").create_batch(
+            [{"id": f"batch-{i}", "params": {"doc": i}} for i in range(20)])
+        for inst in instances:
+            await inst.wait_for_status("waiting", timeout=10)
+    # No worker now: the events wait in the queue, as after an outage or a webhook burst.
+    async with broker_from_url(stack.broker_url, stack.namespace) as relay:
+        await relay.publish([
+            *(OutgoingMessage("events", f"approval.{inst.id}.approval", b'{"by": "ops"}')
+              for inst in instances[:10]),
+            OutgoingMessage("events", "approval.ghost.approval", b"{}"),
+            *(OutgoingMessage("events", f"approval.{inst.id}.approval", b'{"by": "ops"}')
+              for inst in instances[10:]),
+        ])
+        transactions: list[int] = []
+        store = turn_loop.store_events_txn
+
+        async def counted(conn: Any, workflow: str, incoming: Any, now: int) -> Any:
+            transactions.append(len(incoming))
+            return await store(conn, workflow, incoming, now)
+
+        monkeypatch.setattr(turn_loop, "store_events_txn", counted)
+        async with stack.running([Approval]):
+            for inst in instances:
+                st = await inst.wait_for_status("complete", timeout=20)
+                assert st.output["approved_by"] == "ops"
+            dead = await relay.get_dead(timeout_s=10)  # type: ignore[attr-defined]
+        assert dead is not None and "no instance 'ghost'" in str(dead.headers[REASON_HEADER])
+    assert sum(transactions) == 21
+    assert len(transactions) <= 10, transactions  # not one transaction per event
