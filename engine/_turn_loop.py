@@ -181,9 +181,10 @@ class TurnLoop:
             unseen -= await existing_ids(conn, workflow, unseen)
         for delivery, instance_id in claims.items():
             if instance_id in unseen:
-                await delivery.dead_letter(
-                    f"create message for {instance_id!r} says the instance was stored, "
-                    "but there is no such instance (publish creates without that header)")
+                await _reject(delivery,
+                              f"create message for {instance_id!r} says the instance was stored, "
+                              "but there is no such instance (publish creates without that "
+                              "header)")
         return [d for d in stored if claims.get(d) not in unseen]
 
     async def _admit(self, workflow: str, delivery: Delivery) -> str | IncomingEvent | None:
@@ -202,9 +203,7 @@ class TurnLoop:
                 return _incoming_event(workflow, delivery)
             raise ValidationError(f"unexpected message from exchange {delivery.exchange!r}")
         except (ValidationError, EnvelopeError, _Rejected) as exc:
-            log.warning("message rejected", workflow=workflow, exchange=delivery.exchange,
-                        routing_key=delivery.routing_key, reason=str(exc))
-            await delivery.dead_letter(str(exc))
+            await _reject(delivery, str(exc))
             return None
 
     async def _create(self, workflow: str, delivery: Delivery) -> str:
@@ -252,9 +251,7 @@ class TurnLoop:
             else:
                 stored.append((delivery, event.instance_id))
                 continue
-            log.warning("message rejected", workflow=workflow, exchange=delivery.exchange,
-                        routing_key=delivery.routing_key, reason=reason)
-            await delivery.dead_letter(reason)
+            await _reject(delivery, reason)
         return stored
 
     async def _turns(self, workflow: str, instance_ids: list[str]) -> set[str]:
@@ -442,6 +439,11 @@ async def reject_unroutable(delivery: Delivery) -> None:
     workflow = delivery.routing_key.split(".", 1)[0]
     reason = (f"no workflow named {workflow!r} is served (unroutable {delivery.exchange} "
               "message; start a worker for it before publishing)")
+    await _reject(delivery, reason)
+
+
+async def _reject(delivery: Delivery, reason: str) -> None:
+    """Dead-letter a message the engine does not accept, with the reason, and log it."""
     log.warning("message rejected", exchange=delivery.exchange,
                 routing_key=delivery.routing_key, reason=reason)
     await delivery.dead_letter(reason)

@@ -57,6 +57,12 @@ async def release_lease_txn(conn: AsyncConnection, name: str, owner: str) -> Non
                        .values(owner=None, expires_at_ms=0))
 
 
+_PUSH_TIMER = (update(timers)
+               .where(timers.c.instance_pk == bindparam("b_pk"),
+                      timers.c.step_key == bindparam("b_key"))
+               .values(due_at_ms=bindparam("b_due")))
+
+
 async def overdue_timers_txn(
     conn: AsyncConnection, served: Sequence[str], now_ms: int, grace_ms: int, limit: int
 ) -> list[Poke]:
@@ -87,12 +93,6 @@ async def overdue_timers_txn(
             for r in rows
         ])
     return [(r.workflow, r.instance_id) for r in rows]
-
-
-_PUSH_TIMER = (update(timers)
-               .where(timers.c.instance_pk == bindparam("b_pk"),
-                      timers.c.step_key == bindparam("b_key"))
-               .values(due_at_ms=bindparam("b_due")))
 
 
 async def stale_steps_txn(
