@@ -6,25 +6,33 @@ both broker implementations. Real names carry a namespace prefix (``warren`` by 
 - ``{ns}.create`` (direct), ``{ns}.events`` (topic), ``{ns}.lifecycle`` (topic),
   ``{ns}.internal`` (direct), ``{ns}.dead`` (fanout, bound to the durable queue ``{ns}.dead``).
 - ``{ns}.workflow.{name}``: one durable queue per workflow, dead-lettering to ``{ns}.dead``.
-- Delayed delivery without plugins: ``delay_levels`` topic exchanges and queues
-  ``{ns}.delay.{n}``; queue ``n`` holds every message for exactly ``2**n`` ms
-  (``x-message-ttl``) and then dead-letters it to the exchange of level ``n - 1`` (level 0 to
-  ``{ns}.delay.deliver``). A delayed message's routing key spells the delay in binary, most
-  significant bit first, one word per bit, followed by the workflow name
-  (``0.0.1.0.1.<workflow>`` is 5 ms with 5 levels). It is published to the top level's
-  exchange. Level ``n``'s exchange routes a key to the queue of the highest set bit at or
-  below ``n`` (one binding per lower level: bits ``n..m+1`` are ``0``, bit ``m`` is ``1``), or
-  to the deliver exchange when bits ``n..0`` are all ``0``. So a message waits in exactly the
-  levels of its set bits, each at most once, and the TTLs add up to the delay. All messages of
-  one queue share its TTL, so each queue expires in FIFO order and a long delay never holds
-  back a short one.
+- Delayed delivery without plugins: the delay is written in hexadecimal, one routing-key word
+  per digit, most significant first, followed by the workflow name (``0.0.2.7.1.0.<workflow>``
+  is 0x2710 = 10,000 ms with 6 digits). Digit position ``p`` has a topic exchange
+  ``{ns}.delay.hex{p}`` and one queue ``{ns}.delay.hex{p}.{d}`` per digit value ``d`` (1..f)
+  that holds every message for exactly ``d * 16**p`` ms (``x-message-ttl``) and then
+  dead-letters it to the exchange of position ``p - 1`` (position 0 to ``{ns}.delay.deliver``).
+  A delayed message is published to the top position's exchange. Position ``p``'s exchange
+  routes a key to the queue of the highest non-zero digit at or below ``p`` (digits ``p..t+1``
+  are ``0``, digit ``t`` is ``d``), or to the deliver exchange when digits ``p..0`` are all
+  ``0``. So a message waits in one queue per non-zero digit, and the TTLs add up to the delay.
+  All messages of one queue share its TTL, so each queue expires in FIFO order and a long delay
+  never holds back a short one.
 
-  The minimal form (level ``n`` binds only its own bit, forwarding ``0`` to level ``n - 1``
-  with an exchange-to-exchange binding) routes identically, but RabbitMQ's
-  exchange-to-exchange hops are costly: measured 7x slower delayed publishes and much later
-  arrivals under load, so each level binds every lower queue directly instead.
+  Why hexadecimal: every queue a message passes through is one dead-letter hop, and the hops
+  are what makes a delay late under load. A random delay of up to 20 s has about 7 set bits
+  but under 4 non-zero hex digits, and its routing key has 9 words instead of 35.
 
-Changing ``delay_levels`` for a namespace that already exists is not supported: the level
+  The minimal form (a position binds only its own digit, forwarding ``0`` to the position below
+  with an exchange-to-exchange binding) routes identically, but RabbitMQ's exchange-to-exchange
+  hops are costly: measured 7x slower delayed publishes and much later arrivals under load, so
+  each exchange binds every lower queue directly instead.
+
+  Earlier versions wrote delays in binary through ``{ns}.delay.{n}`` exchanges and queues. Those
+  names are not reused: in a namespace that has them, messages still in them reach
+  ``{ns}.delay.deliver`` as before, and the old queues can be deleted once they are empty.
+
+Changing ``delay_bits`` for a namespace that already exists is not supported: the position
 exchanges' bindings depend on it, so every process using a namespace must use the same value.
 """
 
@@ -38,8 +46,10 @@ from typing import Final
 from broker._base import Exchange, OutgoingMessage
 
 DEFAULT_NAMESPACE: Final = "warren"
-DEFAULT_DELAY_LEVELS: Final = 35
+DEFAULT_DELAY_BITS: Final = 35
 """2**35 - 1 ms is about 397 days: every delay up to a year fits in one pass."""
+
+_DIGIT_BITS: Final = 4  # hexadecimal digits: see the module docstring for why
 
 REMAINING_DELAY_HEADER: Final = "x-warren-delay-remaining-ms"
 """Internal header: the part of a delay beyond the topology's maximum, re-delayed on arrival."""
@@ -123,18 +133,17 @@ class Topology:
 
     Attributes:
         namespace: Prefix of every exchange and queue name.
-        delay_levels: Number of delay levels; the longest single-pass delay is
-            ``2**delay_levels - 1`` ms.
+        delay_bits: The longest single-pass delay is ``2**delay_bits - 1`` ms.
     """
 
     namespace: str = DEFAULT_NAMESPACE
-    delay_levels: int = DEFAULT_DELAY_LEVELS
+    delay_bits: int = DEFAULT_DELAY_BITS
 
     def __post_init__(self) -> None:
         if not _NAMESPACE.fullmatch(self.namespace):
             raise ValueError(f"invalid namespace {self.namespace!r}")
-        if not 1 <= self.delay_levels <= 48:
-            raise ValueError(f"delay_levels must be in 1..48, got {self.delay_levels}")
+        if not 1 <= self.delay_bits <= 48:
+            raise ValueError(f"delay_bits must be in 1..48, got {self.delay_bits}")
 
     def exchange(self, logical: Exchange) -> str:
         """Real name of a logical exchange."""
@@ -178,8 +187,13 @@ class Topology:
 
     @property
     def max_delay_ms(self) -> int:
-        """The longest delay one pass through the levels can express."""
-        return (1 << self.delay_levels) - 1
+        """The longest delay one pass through the positions can express."""
+        return (1 << self.delay_bits) - 1
+
+    @property
+    def delay_positions(self) -> int:
+        """Number of hexadecimal digits of a delay, and of position exchanges."""
+        return -(-self.delay_bits // _DIGIT_BITS)
 
     @property
     def delay_deliver_exchange(self) -> str:
@@ -188,51 +202,61 @@ class Topology:
 
     @property
     def delay_entry_exchange(self) -> str:
-        """The top level's exchange: every delayed message is published here."""
-        return self.delay_exchange(self.delay_levels - 1)
+        """The top position's exchange: every delayed message is published here."""
+        return self.delay_exchange(self.delay_positions - 1)
 
-    def delay_exchange(self, level: int) -> str:
-        """Topic exchange of a level."""
-        return f"{self.namespace}.delay.{self._level(level)}"
+    def delay_exchange(self, position: int) -> str:
+        """Topic exchange of a digit position."""
+        return f"{self.namespace}.delay.hex{self._position(position)}"
 
-    def delay_queue(self, level: int) -> str:
-        """Queue of a level; every message in it waits ``delay_ttl_ms(level)``."""
-        return f"{self.namespace}.delay.{self._level(level)}"
+    def delay_digits(self, position: int) -> range:
+        """The non-zero digit values a delay can have at a position (the top one may be short)."""
+        highest = self.max_delay_ms >> (_DIGIT_BITS * self._position(position))
+        return range(1, min(highest, (1 << _DIGIT_BITS) - 1) + 1)
 
-    @staticmethod
-    def delay_ttl_ms(level: int) -> int:
-        """TTL of a level's queue: ``2**level`` ms."""
-        return 1 << level
+    def delay_queues(self) -> list[tuple[int, int]]:
+        """Every ``(position, digit)`` that has a queue."""
+        return [(p, d) for p in range(self.delay_positions) for d in self.delay_digits(p)]
 
-    def delay_next_exchange(self, level: int) -> str:
-        """Where a level's queue dead-letters to."""
-        if self._level(level) == 0:
+    def delay_queue(self, position: int, digit: int) -> str:
+        """Queue of a digit at a position; every message in it waits ``delay_ttl_ms``."""
+        return f"{self.delay_exchange(position)}.{self._digit(position, digit):x}"
+
+    def delay_ttl_ms(self, position: int, digit: int) -> int:
+        """TTL of a queue: ``digit * 16**position`` ms."""
+        return self._digit(position, digit) << (_DIGIT_BITS * position)
+
+    def delay_next_exchange(self, position: int) -> str:
+        """Where a position's queues dead-letter to."""
+        if self._position(position) == 0:
             return self.delay_deliver_exchange
-        return self.delay_exchange(level - 1)
+        return self.delay_exchange(position - 1)
 
-    def delay_queue_arguments(self, level: int) -> dict[str, int | str]:
-        """Arguments of a level's queue (must never change for an existing queue)."""
+    def delay_queue_arguments(self, position: int, digit: int) -> dict[str, int | str]:
+        """Arguments of a queue (must never change for an existing queue)."""
         return {
-            "x-message-ttl": self.delay_ttl_ms(level),
-            "x-dead-letter-exchange": self.delay_next_exchange(level),
+            "x-message-ttl": self.delay_ttl_ms(position, digit),
+            "x-dead-letter-exchange": self.delay_next_exchange(position),
         }
 
-    def delay_queue_bindings(self, level: int) -> list[tuple[int, str]]:
-        """``(target level, binding key)`` pairs binding level queues to a level's exchange.
+    def delay_queue_bindings(self, position: int) -> list[tuple[tuple[int, int], str]]:
+        """``((position, digit) of a queue, binding key)`` pairs of a position's exchange.
 
-        The bit for level ``n`` is word ``delay_levels - 1 - n`` of the routing key; the key
-        goes to the queue of the highest set bit at or below ``level``.
+        The digit of position ``p`` is word ``delay_positions - 1 - p`` of the routing key; the
+        key goes to the queue of the highest non-zero digit at or below ``position``.
         """
-        skip = ["*"] * (self.delay_levels - 1 - self._level(level))
+        skip = ["*"] * (self.delay_positions - 1 - self._position(position))
         return [
-            (target, ".".join([*skip, *["0"] * (level - target), "1", "#"]))
-            for target in range(level, -1, -1)
+            ((target, digit), ".".join([*skip, *["0"] * (position - target), f"{digit:x}", "#"]))
+            for target in range(position, -1, -1)
+            for digit in self.delay_digits(target)
         ]
 
-    def delay_deliver_binding(self, level: int) -> str:
-        """Binding key from a level's exchange to the deliver exchange: bits ``level..0`` zero."""
-        skip = ["*"] * (self.delay_levels - 1 - self._level(level))
-        return ".".join([*skip, *["0"] * (level + 1), "#"])
+    def delay_deliver_binding(self, position: int) -> str:
+        """Binding key from a position's exchange to the deliver exchange: digits ``position..0``
+        all zero."""
+        skip = ["*"] * (self.delay_positions - 1 - self._position(position))
+        return ".".join([*skip, *["0"] * (position + 1), "#"])
 
     def split_delay(self, delay_ms: int) -> tuple[int, int]:
         """Split a delay into ``(this pass, remaining)``; remaining is re-delayed on arrival."""
@@ -242,7 +266,7 @@ class Topology:
         return first, delay_ms - first
 
     def delay_routing_key(self, delay_ms: int, workflow: str) -> str:
-        """Routing key that carries a message through the levels in exactly ``delay_ms``.
+        """Routing key that carries a message through the positions in exactly ``delay_ms``.
 
         Raises:
             ValueError: ``delay_ms`` is not in ``1..max_delay_ms`` or the workflow name is
@@ -250,8 +274,8 @@ class Topology:
         """
         if not 1 <= delay_ms <= self.max_delay_ms:
             raise ValueError(f"delay_ms must be in 1..{self.max_delay_ms}, got {delay_ms}")
-        bits = format(delay_ms, f"0{self.delay_levels}b")
-        return ".".join([*bits, validate_workflow_name(workflow)])
+        digits = format(delay_ms, f"0{self.delay_positions}x")
+        return ".".join([*digits, validate_workflow_name(workflow)])
 
     def is_delay_exchange(self, exchange: str) -> bool:
         """Whether a real exchange name belongs to the delay topology."""
@@ -272,12 +296,21 @@ class Topology:
         return None
 
     def logical_routing_key(self, exchange: str, routing_key: str) -> str:
-        """The routing key as published: delayed keys lose their delay bits."""
+        """The routing key as published: delayed keys lose their delay digits."""
         if self.is_delay_exchange(exchange):
-            return routing_key.split(".", self.delay_levels)[-1]
+            # The workflow name has no dots, and is last whatever the digits (or the binary
+            # keys of earlier versions still on their way).
+            return routing_key.rsplit(".", 1)[-1]
         return routing_key
 
-    def _level(self, level: int) -> int:
-        if not 0 <= level < self.delay_levels:
-            raise ValueError(f"level must be in 0..{self.delay_levels - 1}, got {level}")
-        return level
+    def _position(self, position: int) -> int:
+        if not 0 <= position < self.delay_positions:
+            raise ValueError(
+                f"position must be in 0..{self.delay_positions - 1}, got {position}"
+            )
+        return position
+
+    def _digit(self, position: int, digit: int) -> int:
+        if digit not in self.delay_digits(position):
+            raise ValueError(f"no digit {digit} at position {position}")
+        return digit

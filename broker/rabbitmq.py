@@ -1,6 +1,6 @@
 """The RabbitMQ :class:`Broker` on aio-pika, with plugin-free delayed delivery.
 
-The topology (names, bindings, delay levels) is described in :mod:`broker._topology`. Points
+The topology (names, bindings, delay queues) is described in :mod:`broker._topology`. Points
 of RabbitMQ behaviour this module relies on:
 
 - A publisher confirm alone does not mean a queue took the message: unroutable messages are
@@ -8,15 +8,16 @@ of RabbitMQ behaviour this module relies on:
   return becomes an error (except on ``lifecycle``, see ``UNCHECKED_EXCHANGES``).
 - ``basic.cancel`` leaves delivered-but-unacked messages with the channel, so a consumer gets
   its own channel and cancelling closes it: only that returns unsettled messages to the queue.
-- Messages expire only from the head of a queue. Each delay level has a single TTL, so its
-  queue expires in arrival order; a delay spends exactly ``2**n`` ms in each level ``n`` of its
-  set bits, each measured from when it entered that queue, so it never ends early.
+- Messages expire only from the head of a queue. Each delay queue has a single TTL, so it
+  expires in arrival order; a delay spends exactly ``d * 16**p`` ms in one queue for each
+  non-zero hexadecimal digit ``d`` at position ``p``, each measured from when it entered that
+  queue, so it never ends early.
 - Dead-lettering out of a classic queue is at-most-once: a delayed message can be lost if the
   broker dies mid-delay. The SQL timer and the engine's sweeper repair that. Delayed messages
-  are therefore published transient: persisting every hop through the delay levels bought
+  are therefore published transient: persisting every hop through the delay queues bought
   nothing and made them late (10,000 delays of up to 10 s: p99 1.25 s persistent, 0.19 s
   transient, ``python -m benchmarks.delay_lateness``). A delayed message
-  for a workflow whose queue does not exist is confirmed (it reaches a level queue) and dropped
+  for a workflow whose queue does not exist is confirmed (it reaches a delay queue) and dropped
   at the end of its delay.
 - Delays above ``Topology.max_delay_ms`` (about 397 days by default) are chained: the message
   carries the rest in ``x-warren-delay-remaining-ms`` and the consumer re-delays it instead of
@@ -69,7 +70,7 @@ from broker._base import (
     PublishError,
 )
 from broker._topology import (
-    DEFAULT_DELAY_LEVELS,
+    DEFAULT_DELAY_BITS,
     DEFAULT_NAMESPACE,
     EXCHANGE_TYPES,
     REMAINING_DELAY_HEADER,
@@ -299,8 +300,9 @@ class RabbitBroker(Broker):
     Args:
         url: ``amqp://`` or ``amqps://`` URL, including the vhost.
         namespace: Prefix of every exchange and queue.
-        max_delay_levels: Number of delay levels (default 35: up to 2**35 - 1 ms, about 397
-            days, per pass). Must be the same for every process of a namespace.
+        max_delay_bits: The longest delay one pass through the delay queues can express is
+            ``2**max_delay_bits - 1`` ms (default 35: about 397 days); longer ones are
+            chained. Must be the same for every process of a namespace.
         connect_attempts: Attempts of the initial connect before giving up.
         publish_timeout_s: Seconds to wait for a publisher confirm.
 
@@ -314,11 +316,11 @@ class RabbitBroker(Broker):
         url: str,
         namespace: str = DEFAULT_NAMESPACE,
         *,
-        max_delay_levels: int = DEFAULT_DELAY_LEVELS,
+        max_delay_bits: int = DEFAULT_DELAY_BITS,
         connect_attempts: int = 8,
         publish_timeout_s: float = 30.0,
     ) -> None:
-        self.topology = Topology(namespace, max_delay_levels)
+        self.topology = Topology(namespace, max_delay_bits)
         self.namespace = namespace
         self._url = url
         self._connect_attempts = connect_attempts
@@ -370,7 +372,7 @@ class RabbitBroker(Broker):
         )
 
     async def _declare_shared(self, channel: AbstractChannel) -> None:
-        # About 700 declarations and bindings: sent with no-wait in one burst rather than 700
+        # About 800 declarations and bindings: sent with no-wait in one burst rather than 800
         # round trips. They are all durable, so the robust channel need not replay them.
         raw = await channel.get_underlay_channel()
         topology = self.topology
@@ -378,8 +380,8 @@ class RabbitBroker(Broker):
         arguments_of = {topology.exchange(e): topology.exchange_arguments(e)
                         for e in EXCHANGE_TYPES}
         exchanges[topology.delay_deliver_exchange] = "topic"
-        for level in range(topology.delay_levels):
-            exchanges[topology.delay_exchange(level)] = "topic"
+        for position in range(topology.delay_positions):
+            exchanges[topology.delay_exchange(position)] = "topic"
         # Declared before the exchanges that name it as their alternate exchange.
         await raw.exchange_declare(topology.unroutable, exchange_type="fanout", durable=True,
                                    nowait=True)
@@ -390,19 +392,20 @@ class RabbitBroker(Broker):
                                        arguments=_table(arguments_of.get(name, {})))
         await raw.queue_declare(topology.dead_queue, durable=True, nowait=True)
         await raw.queue_bind(topology.dead_queue, topology.exchange("dead"), nowait=True)
-        for level in range(topology.delay_levels):
-            arguments = _table(topology.delay_queue_arguments(level))
+        for position, digit in topology.delay_queues():
+            arguments = _table(topology.delay_queue_arguments(position, digit))
             await raw.queue_declare(
-                topology.delay_queue(level), durable=True, arguments=arguments, nowait=True
+                topology.delay_queue(position, digit), durable=True, arguments=arguments,
+                nowait=True,
             )
-        for level in range(topology.delay_levels):
-            source = topology.delay_exchange(level)
-            for target, key in topology.delay_queue_bindings(level):
-                await raw.queue_bind(topology.delay_queue(target), source, key, nowait=True)
+        for position in range(topology.delay_positions):
+            source = topology.delay_exchange(position)
+            for target, key in topology.delay_queue_bindings(position):
+                await raw.queue_bind(topology.delay_queue(*target), source, key, nowait=True)
             await raw.exchange_bind(
                 topology.delay_deliver_exchange,
                 source,
-                topology.delay_deliver_binding(level),
+                topology.delay_deliver_binding(position),
                 nowait=True,
             )
         # RabbitMQ handles a channel's methods in order: once this synchronous one is answered,
@@ -562,7 +565,7 @@ class RabbitBroker(Broker):
         raw = await self._require_channel().get_underlay_channel()
         topology = self.topology
         queues = [topology.workflow_queue(w) for w in workflows] + [topology.dead_queue]
-        queues += [topology.delay_queue(n) for n in range(topology.delay_levels)]
+        queues += [topology.delay_queue(*queue) for queue in topology.delay_queues()]
         for queue in queues:
             await raw.queue_delete(queue)
         for exchange in self._exchanges:

@@ -26,7 +26,7 @@ from broker.rabbitmq import RabbitBroker
 BrokerFactory = Callable[..., Awaitable[Broker]]
 
 _DEFAULT_URL = "amqp://guest:guest@127.0.0.1:5672/"
-TEST_DELAY_LEVELS = 13
+TEST_DELAY_BITS = 13
 
 
 def _unavailable(reason: str) -> NoReturn:
@@ -77,8 +77,8 @@ async def make_broker(backend: str, request: pytest.FixtureRequest) -> AsyncIter
     """Factory of connected brokers of the current backend, closed after the test.
 
     Brokers made with the same namespace in one test share state (one memory "server", or the
-    RabbitMQ vhost). ``max_delay_levels`` is passed to RabbitBroker only; it defaults to 13
-    (delays up to 8 s per pass) because declaring the full 35-level topology costs seconds per
+    RabbitMQ vhost). ``max_delay_bits`` is passed to RabbitBroker only; it defaults to 13
+    (delays up to 8 s per pass) because declaring the full 35-bit topology costs seconds per
     fresh namespace.
     """
     url = request.getfixturevalue("rabbit_url") if backend == "rabbitmq" else None
@@ -92,7 +92,7 @@ async def make_broker(backend: str, request: pytest.FixtureRequest) -> AsyncIter
         if url is None:
             broker = MemoryBroker.shared(server, namespace)
         else:
-            options.setdefault("max_delay_levels", TEST_DELAY_LEVELS)
+            options.setdefault("max_delay_bits", TEST_DELAY_BITS)
             broker = RabbitBroker(url, namespace, **options)
         await broker.connect()
         made.append(broker)

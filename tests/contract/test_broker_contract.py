@@ -27,7 +27,7 @@ from broker import (
     PublishError,
     broker_from_url,
 )
-from broker._topology import DEFAULT_DELAY_LEVELS
+from broker._topology import DEFAULT_DELAY_BITS
 from broker.memory import MemoryBroker
 from broker.rabbitmq import RabbitBroker
 
@@ -376,7 +376,7 @@ async def test_nack_without_requeue_dead_letters(broker: Broker) -> None:
 
 
 async def test_delayed_messages_never_arrive_early(make_broker: BrokerFactory) -> None:
-    broker = await make_broker(max_delay_levels=DEFAULT_DELAY_LEVELS)  # the real topology
+    broker = await make_broker(max_delay_bits=DEFAULT_DELAY_BITS)  # the real topology
     wf = new_workflow()
     await broker.declare_workflow(wf)
     rng = random.Random(7)
@@ -419,7 +419,7 @@ async def test_delays_arrive_in_due_order(broker: Broker) -> None:
 
 async def test_delay_longer_than_topology_maximum_is_chained(make_broker: BrokerFactory) -> None:
     # 4 levels: at most 15 ms per pass, so 120 ms takes several passes.
-    broker = await make_broker(f"short{uuid.uuid4().hex[:8]}", max_delay_levels=4)
+    broker = await make_broker(f"short{uuid.uuid4().hex[:8]}", max_delay_bits=4)
     wf = new_workflow()
     await broker.declare_workflow(wf)
     inbox = Inbox()
