@@ -26,15 +26,22 @@ class Envelope:
         kind: Why: ``wake`` (timer, retry, recovery), ``step`` (a step attempt ended) or
             ``control`` (pause, resume, terminate, restart).
         instance_id: The instance to advance.
+        due_ms: For a timer's wake-up, when it is due (epoch ms): it is sent a little ahead
+            of time and held by the worker that receives it until then. Optional, so
+            workers that predate it still read the envelope.
         v: Envelope format version; a consumer rejects versions it does not know.
     """
 
     kind: EnvelopeKind
     instance_id: str
+    due_ms: int | None = None
     v: int = ENVELOPE_VERSION
 
     def encode(self) -> bytes:
-        return orjson.dumps({"v": self.v, "kind": self.kind, "instance_id": self.instance_id})
+        data: dict[str, object] = {"v": self.v, "kind": self.kind, "instance_id": self.instance_id}
+        if self.due_ms is not None:
+            data["due_ms"] = self.due_ms
+        return orjson.dumps(data)
 
     @classmethod
     def decode(cls, body: bytes) -> Envelope:
@@ -49,12 +56,16 @@ class Envelope:
         kind, instance_id = data.get("kind"), data.get("instance_id")
         if kind not in ("wake", "step", "control") or not isinstance(instance_id, str):
             raise EnvelopeError("envelope needs a known 'kind' and a string 'instance_id'")
-        return cls(kind=kind, instance_id=instance_id)
+        due_ms = data.get("due_ms")
+        if due_ms is not None and (not isinstance(due_ms, int) or isinstance(due_ms, bool)):
+            raise EnvelopeError("envelope 'due_ms' must be an integer")
+        return cls(kind=kind, instance_id=instance_id, due_ms=due_ms)
 
 
 def turn_message(
-    workflow: str, kind: EnvelopeKind, instance_id: str, *, delay_ms: int = 0
+    workflow: str, kind: EnvelopeKind, instance_id: str, *, delay_ms: int = 0,
+    due_ms: int | None = None,
 ) -> OutgoingMessage:
     """The message asking for a turn of an instance (at priority 1, ahead of new work)."""
-    return OutgoingMessage("internal", workflow, Envelope(kind, instance_id).encode(),
+    return OutgoingMessage("internal", workflow, Envelope(kind, instance_id, due_ms).encode(),
                            delay_ms=delay_ms, priority=1)

@@ -29,6 +29,9 @@ class Settings:
         lease_s: How long a turn may hold an instance's lease.
         heartbeat_timeout_s: A running step whose heartbeat is older is retried elsewhere.
             Env ``WARREN_HEARTBEAT_TIMEOUT``.
+        wake_lead_s: A timer's wake-up is sent this long before it is due and held by the
+            worker that receives it until then, so that the broker's delay lateness does not
+            make it late (see ``engine._early_wake``).
         sweep_interval_s: How often the sweeper looks for lost wake-ups.
             Env ``WARREN_SWEEP_INTERVAL``.
         sweep_grace_s: How overdue a wake-up must be before the sweeper re-issues it; it
@@ -50,6 +53,7 @@ class Settings:
     turn_parallelism: int = 4
     lease_s: float = 30.0
     heartbeat_timeout_s: float = 30.0
+    wake_lead_s: float = 1.0
     sweep_interval_s: float = 1.0
     sweep_grace_s: float = 1.0
     max_concurrency: int = 50_000

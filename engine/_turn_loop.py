@@ -32,6 +32,7 @@ from broker import (
 from engine import _history as h
 from engine._clock import now_ms
 from engine._codec import MAX_VALUE_BYTES, encode_json, error_dict
+from engine._early_wake import EarlyWakeups
 from engine._history import FINISHED_STATUSES
 from engine._intake import Intake, Taken
 from engine._lifecycle import lifecycle_message
@@ -86,7 +87,7 @@ class TurnLoop:
     def __init__(
         self, db: Database, broker: Broker, runner: StepRunner,
         workflows: dict[str, type[WorkflowEntrypoint]], *, worker_id: str,
-        batch_size: int, lease_ms: int, parallelism: int,
+        batch_size: int, lease_ms: int, parallelism: int, wake_lead_ms: int,
     ) -> None:
         self._db = db
         self._broker = broker
@@ -97,6 +98,7 @@ class TurnLoop:
         self._parallelism = parallelism
         # The broker's queue priority orders what is not yet delivered, this what already was.
         self._intake = Intake(batch_size=batch_size, new_work_lanes=max(1, parallelism // 2))
+        self._early = EarlyWakeups(broker, self._intake.put, lead_ms=wake_lead_ms)
         self._tokens = itertools.count(1)
         self._lifecycle: list[OutgoingMessage] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -112,10 +114,17 @@ class TurnLoop:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        held = self._early.hand_back()
+        if held:
+            try:
+                await self._broker.publish(held)
+            except Exception:  # their timers are in SQL: the sweeper re-issues them
+                log.exception("handing back held wake-ups failed", count=len(held))
 
     def handler(self, workflow: str) -> Any:
         async def on_delivery(delivery: Delivery) -> None:
-            self._intake.put(workflow, delivery)
+            if not await self._early.hold(workflow, delivery):
+                self._intake.put(workflow, delivery)
         return on_delivery
 
     async def _process_forever(self) -> None:
@@ -387,8 +396,7 @@ class TurnLoop:
             log.debug("turn", workflow=workflow, instance=snapshot.instance_id,
                       status=outcome.status, started=len(outcome.attempts))
             for due_ms in outcome.timers_set.values():
-                messages.append(turn_message(workflow, "wake", snapshot.instance_id,
-                                             delay_ms=max(0, due_ms - now_ms())))
+                messages.append(self._early.message(workflow, snapshot.instance_id, due_ms))
             for attempt in outcome.attempts:
                 self._runner.submit(StepJob(workflow, snapshot.instance_id, snapshot.pk, attempt))
         if messages:

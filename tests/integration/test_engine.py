@@ -154,6 +154,8 @@ async def test_sleeps_hold_no_resources_and_never_wake_early(stack: Stack) -> No
         assert len(worker._turns._intake) == 0
         assert await worker.broker.queue_depth("sleepy") == 0  # type: ignore[attr-defined]
         st = await inst.wait_for_status("complete", timeout=20)
+        # The wake-ups came ahead of time and waited in the worker (engine._early_wake).
+        assert worker._turns._early.held_total == 2
     out = st.output
     assert out["woke"] - out["began"] >= 2.0
     assert out["rang"] >= out["until"]
@@ -303,6 +305,19 @@ async def test_store_survives_worker_restart_mid_sleep(stack: Stack) -> None:
         await inst.wait_for_status("waiting", timeout=10)
     # Worker gone while the instance sleeps; a new one picks it up from SQL.
     async with stack.running([Sleepy]) as client:
+        st = await (await client.workflow("sleepy").get(inst.id)).wait_for_status(
+            "complete", timeout=20)
+    assert st.output["woke"] - st.output["began"] >= 2.0
+
+
+async def test_a_wake_up_held_at_a_graceful_stop_is_handed_to_the_next_worker(
+        stack: Stack) -> None:
+    async with stack.worker([Sleepy], wake_lead_s=5.0) as worker, stack.client() as client:
+        inst = await client.workflow("sleepy").create(params={"until": 0})
+        await eventually(lambda: len(worker._turns._early) == 1, timeout=10,
+                         message="the nap's wake-up is held")
+    # No sweeper that could re-issue it: only the handed-back message can wake the nap.
+    async with stack.running([Sleepy], sweep_interval_s=3600) as client:
         st = await (await client.workflow("sleepy").get(inst.id)).wait_for_status(
             "complete", timeout=20)
     assert st.output["woke"] - st.output["began"] >= 2.0
