@@ -108,7 +108,7 @@ def step_config(
 def rollback_step_config(value: Mapping[str, Any] | None) -> StepConfig:
     """Build the handler config from ``rollback_config={"retries": ..., "timeout": ...}``."""
     if value is None:
-        return StepConfig()
+        return _DEFAULT_STEP_CONFIG  # as for step_config: asked for at every replayed step
     unknown = set(value) - {"retries", "timeout"}
     if unknown:
         raise ValidationError(f"unknown rollback_config option(s): {', '.join(sorted(unknown))}")

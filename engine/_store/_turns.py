@@ -22,7 +22,7 @@ from engine._replay import TurnOutcome
 from engine._store._batching import padded
 from engine._store._gates import NEW, WOKEN, SlotRequest, settle_txn, wants_slot
 from engine._store._locking import joined, locked, sorted_params
-from engine._store._rows import step_record, step_values
+from engine._store._rows import STEP_RECORD_COLUMNS, step_record, step_values
 from engine._store._schema import events, instances, step_attempts, steps, timers
 
 RUNNABLE = (h.QUEUED, h.STATUS_RUNNING, h.STATUS_WAITING, h.PAUSED, h.WAITING_FOR_PAUSE)
@@ -49,7 +49,8 @@ _ACQUIRE = (
                _i.created_at_ms, _i.started_at_ms, _i.paused, _i.control, _i.slot,
                _i.admit_priority)
 )
-_LOAD_STEPS = (select(steps).where(steps.c.instance_pk.in_(bindparam("b_pks", expanding=True)))
+_LOAD_STEPS = (select(steps.c.instance_pk, *(steps.c[name] for name in STEP_RECORD_COLUMNS))
+               .where(steps.c.instance_pk.in_(bindparam("b_pks", expanding=True)))
                .order_by(steps.c.instance_pk, steps.c.start_seq))
 _LOAD_EVENTS = (select(events).where(events.c.instance_pk.in_(bindparam("b_pks", expanding=True)),
                                      events.c.consumed_by.is_(None))
@@ -131,8 +132,8 @@ async def acquire_txn(
         leased.snapshots.append(snap)
     if leased.snapshots:
         by_pk = {s.pk: s for s in leased.snapshots}
-        for row in await conn.execute(_LOAD_STEPS, {"b_pks": padded(by_pk)}):
-            by_pk[row.instance_pk].steps.append(step_record(row))
+        for instance_pk, *values in await conn.execute(_LOAD_STEPS, {"b_pks": padded(by_pk)}):
+            by_pk[instance_pk].steps.append(step_record(values))
         event_rows = await conn.execute(_LOAD_EVENTS, {"b_pks": padded(by_pk)})
         for row in event_rows:
             by_pk[row.instance_pk].events.append(h.PendingEvent(
