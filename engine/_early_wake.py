@@ -69,8 +69,10 @@ class EarlyWakeups:
             return False
         await delivery.ack()
         token = next(self._tokens)
+        # + 1 ms: asyncio may run a timer up to its clock resolution early, and a turn that
+        # finds its timer not quite due would only sleep again.
         handle = asyncio.get_running_loop().call_later(
-            wait_ms / 1000, self._release, token, _Acked(delivery, self._broker))
+            (wait_ms + 1) / 1000, self._release, token, _Acked(delivery, self._broker))
         self._held[token] = (handle, workflow, envelope)
         self.held_total += 1
         return True
