@@ -38,7 +38,7 @@ class EarlyWakeups:
                  lead_ms: int) -> None:
         if lead_ms < 0:
             raise ValueError(f"lead_ms must be >= 0, got {lead_ms}")
-        self.lead_ms = lead_ms
+        self._lead_ms = lead_ms
         self._broker = broker
         self._put = put
         self._held: dict[int, tuple[asyncio.TimerHandle, str, Envelope]] = {}
@@ -52,7 +52,7 @@ class EarlyWakeups:
     def message(self, workflow: str, instance_id: str, due_ms: int) -> OutgoingMessage:
         """The wake-up of a timer: sent ``lead_ms`` ahead, carrying when it is due."""
         return turn_message(workflow, "wake", instance_id, due_ms=due_ms,
-                            delay_ms=max(0, due_ms - now_ms() - self.lead_ms))
+                            delay_ms=max(0, due_ms - now_ms() - self._lead_ms))
 
     async def hold(self, workflow: str, delivery: Delivery) -> bool:
         """Hold ``delivery`` if it is a wake-up that is not due yet; False if it is not."""
@@ -64,7 +64,7 @@ class EarlyWakeups:
             return False  # the turn loop dead-letters it
         if envelope.due_ms is None:
             return False
-        wait_ms = min(envelope.due_ms - now_ms(), self.lead_ms + _SKEW_MS)
+        wait_ms = min(envelope.due_ms - now_ms(), self._lead_ms + _SKEW_MS)
         if wait_ms <= 0:
             return False
         await delivery.ack()
