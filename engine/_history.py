@@ -50,6 +50,20 @@ class StepRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """How one step attempt ended, as the runner reports it (JSON-encoded output or error)."""
+
+    instance_pk: int
+    key: str
+    attempt: int
+    token: str
+    ok: bool
+    output: str | None
+    error: str | None
+    ended_at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class PendingEvent:
     """An event sent to the instance that no wait has consumed yet."""
 

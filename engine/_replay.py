@@ -12,13 +12,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from engine import _history as h
-from engine._codec import error_dict, validate_json_value
+from engine._codec import decode_json, error_dict, validate_json_value
 from engine._replay_loop import ReplayLoop
 from engine._saga import TERMINATED_ERROR, SagaMixin
 from sdk._config import MAX_SLEEP, StepConfig, check_event_type
@@ -105,10 +105,10 @@ class _Call:
     event_type: str | None = None
 
 
-class _ReplayStep(WorkflowStep):
+class InstanceRunStep(WorkflowStep):
     """The ``step`` object handed to ``run()`` during a replay."""
 
-    def __init__(self, replay: _Replay) -> None:
+    def __init__(self, replay: InstanceRun) -> None:
         self._replay = replay
         self._step_functions: dict[str, Any] = {}
 
@@ -162,7 +162,10 @@ class _ReplayStep(WorkflowStep):
         self._replay.progress(data)
 
 
-class _Replay(SagaMixin):
+class InstanceRun(SagaMixin):
+    """One instance's ``run()`` on its replay loop: :meth:`run` is a turn replaying it from
+    history; while :attr:`resumable`, :meth:`resume` is a later turn continuing it."""
+
     def __init__(
         self, workflow: type[WorkflowEntrypoint], instance: h.InstanceSnapshot, now_ms: int
     ) -> None:
@@ -188,12 +191,14 @@ class _Replay(SagaMixin):
         # published then; only code running past a new outcome (or a first turn) is new.
         self._first_new_seq = self._next_completed
         self._live = not instance.steps
+        self._tokens: dict[str, str] = {}  # step key -> token of its latest attempt started
+        self._task: asyncio.Task[Any] | None = None
 
     def progress(self, data: Any) -> None:
         if self._live:
             self.outcome.progress.append(data)
 
-    # -- called from run() through _ReplayStep ------------------------------------------
+    # -- called from run() through InstanceRunStep ------------------------------------------
     def call(self, kind: str, name: str) -> _Call:
         self._counts[name] += 1
         count = self._counts[name]
@@ -218,26 +223,80 @@ class _Replay(SagaMixin):
 
     # -- the turn ------------------------------------------------------------------------
     def run(self) -> TurnOutcome:
+        """The turn that starts ``run()`` from the top, resolving every recorded outcome."""
         inst = self.instance
         event = WorkflowEvent(
             payload=inst.params, instance_id=inst.instance_id, workflow=inst.workflow,
             timestamp=datetime.fromtimestamp(inst.created_at_ms / 1000, tz=UTC),
         )
-        task = self._loop.create_task(self._workflow().run(event, _ReplayStep(self)))
+        self._task = self._loop.create_task(self._workflow().run(event, InstanceRunStep(self)))
         self._loop.run_until_idle()
         retry_waits = self._apply_outcomes()
+        self._resolve_completed(since_seq=0)
+        self._live = True
+        return self._decide(retry_waits)
+
+    def resume(
+        self, instance: h.InstanceSnapshot, now_ms: int, ended: Sequence[h.AttemptResult]
+    ) -> TurnOutcome:
+        """A later turn of the same ``run()``, still suspended in memory.
+
+        ``instance`` is the instance as leased now (its steps need not be loaded: the
+        records here are the history as this object's last turn committed it), and
+        ``ended`` the attempts whose results this turn's transaction stored. Only what
+        happened since that turn is resolved; nothing is re-executed.
+        """
+        self.instance, self.now_ms, self.outcome = instance, now_ms, TurnOutcome()
+        self._changed, self._new = {}, []
+        self._available_events = list(instance.events)
+        self._paused = instance.paused
+        for result in ended:
+            self._record_result(result)
+        since = self._first_new_seq = self._next_completed
+        retry_waits = self._apply_outcomes()
+        self._resolve_completed(since_seq=since)
+        return self._decide(retry_waits)
+
+    @property
+    def resumable(self) -> bool:
+        """Whether the next turn may :meth:`resume` this object instead of replaying: only
+        while ``run()`` waits on steps in flight, with no command or rollback pending."""
+        return (self.outcome.status == h.STATUS_RUNNING and self._task is not None
+                and not self._task.done() and self._divergence is None
+                and not (self._paused or self._terminating))
+
+    @property
+    def history_size(self) -> int:
+        return len(self._records)
+
+    def _record_result(self, result: h.AttemptResult) -> None:
+        """Apply an ended attempt exactly as the store's guarded update applies it."""
+        record = self._records.get(result.key)
+        if (record is None or self._tokens.get(result.key) != result.token
+                or record.state != h.RUNNING or record.attempt_outcome is not None):
+            return
+        record.attempt_outcome = "ok" if result.ok else "error"
+        record.output, record.error = decode_json(result.output), decode_json(result.error)
+        record.ended_at_ms = result.ended_at_ms
+
+    def _resolve_completed(self, *, since_seq: int) -> None:
+        """Resolve the calls of records completed at ``since_seq`` or later, in order."""
         for record in sorted(
             (r for r in self._records.values()
-             if r.completed_seq is not None and r.kind != h.ROLLBACK),
+             if (r.completed_seq or 0) >= since_seq and r.completed_seq is not None
+             and r.kind != h.ROLLBACK),
             key=lambda r: r.completed_seq or 0,
         ):
             self._resolve(record)
-        self._live = True
+
+    def _decide(self, retry_waits: list[h.StepRecord]) -> TurnOutcome:
+        """What the turn starts, waits for and ends, once the outcomes are resolved."""
+        assert self._task is not None
         self._schedule_retries(retry_waits)
-        if not (task.done() or self._terminating):
+        if not (self._task.done() or self._terminating):
             self._start_due_attempts()
             self._decide_new_calls()
-        self._decide_status(task)
+        self._decide_status(self._task)
         inserted = {r.key for r in self.outcome.inserted}
         self.outcome.updated = [r for k, r in self._changed.items() if k not in inserted]
         return self.outcome
@@ -411,6 +470,7 @@ class _Replay(SagaMixin):
 
     def _start_attempt(self, attempt: AttemptStart) -> None:
         self.outcome.attempts.append(attempt)
+        self._tokens[attempt.key] = attempt.token
         kind = "rollback.step.started" if attempt.key.startswith("rollback:") else "step.started"
         self.outcome.step_events.append((kind, {
             "step": attempt.name, "count": attempt.count, "attempt": attempt.attempt}))
@@ -524,7 +584,7 @@ def replay(
     workflow: type[WorkflowEntrypoint], instance: h.InstanceSnapshot, now_ms: int
 ) -> TurnOutcome:
     """Replay ``run()`` against the instance's history and return the turn's decisions."""
-    return _Replay(workflow, instance, now_ms).run()
+    return InstanceRun(workflow, instance, now_ms).run()
 
 
 StepCallable = Callable[..., Any]

@@ -20,9 +20,10 @@ import structlog
 
 from engine._clock import now_ms
 from engine._codec import encode_json, error_dict
+from engine._history import AttemptResult
 from engine._replay import AttemptStart
 from engine._store._database import Database
-from engine._store._turns import AttemptResult, heartbeat_txn
+from engine._store._turns import heartbeat_txn
 from sdk._workflow import StepContext, StepInfo
 from sdk.errors import NonRetryableError, ValidationError
 

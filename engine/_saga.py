@@ -1,6 +1,6 @@
 """Saga rollbacks: compensate started steps, newest first, when an instance fails for good.
 
-Part of the replay executor (a mixin of ``_Replay``): handlers are the callables that
+Part of the replay executor (a mixin of ``InstanceRun``): handlers are the callables that
 ``run()`` registered on its steps, so replay rebuilds them after any crash. Each handler runs
 as a durable ``rollback`` step of its own (retried and timed out per ``rollback_config``),
 one at a time, in reverse order of the persisted step start sequence.

@@ -33,7 +33,7 @@ from engine import _history as h
 from engine._clock import now_ms
 from engine._codec import MAX_VALUE_BYTES, encode_json, error_dict
 from engine._early_wake import EarlyWakeups
-from engine._history import FINISHED_STATUSES
+from engine._history import FINISHED_STATUSES, AttemptResult
 from engine._intake import Intake, Taken
 from engine._lifecycle import lifecycle_message
 from engine._replay import TurnOutcome, replay
@@ -42,7 +42,6 @@ from engine._store._database import Database
 from engine._store._events import IncomingEvent, store_events_txn
 from engine._store._instances import NewInstance, create_from_message_txn, existing_ids
 from engine._store._turns import (
-    AttemptResult,
     Committed,
     Leased,
     acquire_txn,

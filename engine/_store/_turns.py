@@ -97,7 +97,7 @@ class Leased:
 
 async def acquire_txn(
     conn: AsyncConnection, workflow: str, instance_ids: Sequence[str], owner: str,
-    now_ms: int, lease_ms: int, results: Sequence[AttemptResult] = (),
+    now_ms: int, lease_ms: int, results: Sequence[h.AttemptResult] = (),
 ) -> Leased:
     """Lease the runnable instances among ``instance_ids``; flag the ones leased elsewhere.
 
@@ -345,21 +345,9 @@ async def _write_instances(
         )
 
 
-@dataclass(frozen=True, slots=True)
-class AttemptResult:
-    """How one step attempt ended, as the runner reports it."""
-
-    instance_pk: int
-    key: str
-    attempt: int
-    token: str
-    ok: bool
-    output: str | None
-    error: str | None
-    ended_at_ms: int
-
-
-async def record_attempts_txn(conn: AsyncConnection, results: Sequence[AttemptResult]) -> None:
+async def record_attempts_txn(
+    conn: AsyncConnection, results: Sequence[h.AttemptResult]
+) -> None:
     """Store ended attempts. An attempt no longer current (superseded, or the instance was
     reset) matches no row and its result is dropped: the turn already moved on."""
     params = sorted_params([_attempt_params(r) for r in results], "b_pk", "b_key")
@@ -367,7 +355,7 @@ async def record_attempts_txn(conn: AsyncConnection, results: Sequence[AttemptRe
     await conn.execute(_RECORD_ATTEMPT, params)
 
 
-def _attempt_params(r: AttemptResult) -> dict[str, Any]:
+def _attempt_params(r: h.AttemptResult) -> dict[str, Any]:
     return {"b_pk": r.instance_pk, "b_key": r.key, "b_attempt": r.attempt, "b_token": r.token,
             "b_outcome": "ok" if r.ok else "error", "b_output": r.output, "b_error": r.error,
             "b_ended": r.ended_at_ms, "b_ok": r.ok}

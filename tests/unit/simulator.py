@@ -3,19 +3,23 @@
 It applies each :class:`TurnOutcome` to an in-memory history the way the store does, runs
 started attempts itself, and advances virtual time to the next timer when nothing else is
 left, so the semantics of replay can be tested without any service.
+
+With ``resume_in_memory`` (the class default is switched by a fixture, so every replay test
+runs both ways), a turn continues the previous turn's :class:`InstanceRun` where the worker
+would, and checks that it decides exactly what a replay from the stored history decides.
 """
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
 from engine import _history as h
 from engine._codec import encode_json, error_dict
-from engine._replay import TurnOutcome, replay
+from engine._replay import InstanceRun, TurnOutcome, replay
 from engine._runner import _invoke
 from sdk._workflow import StepContext, StepInfo, WorkflowEntrypoint
 from sdk.errors import NonRetryableError, ValidationError
@@ -32,10 +36,15 @@ class Simulation:
     control: dict[str, Any] | None = None
     consumed: set[int] = field(default_factory=set)
     events: list[h.PendingEvent] = field(default_factory=list)
+    resume_in_memory: bool = field(default_factory=lambda: Simulation.resume_by_default)
+    resumed_turns: int = 0
+    _run: InstanceRun | None = None
+    _ended: list[h.AttemptResult] = field(default_factory=list)
+
+    resume_by_default: ClassVar[bool] = False
 
     def snapshot(self) -> h.InstanceSnapshot:
-        copies = [h.StepRecord(**{f: getattr(r, f) for f in r.__slots__})  # type: ignore[attr-defined]
-                  for r in self.steps.values()]
+        copies = [_copy(r) for r in self.steps.values()]
         return h.InstanceSnapshot(pk=1, workflow=self.workflow.name, instance_id="sim",
                                   params=self.params, status="running",
                                   created_at_ms=1_700_000_000_000, fence=1, steps=copies,
@@ -43,14 +52,30 @@ class Simulation:
                                   events=[e for e in self.events if e.pk not in self.consumed])
 
     def turn(self) -> TurnOutcome:
-        outcome = replay(self.workflow, self.snapshot(), self.now_ms)
+        snapshot = self.snapshot()
+        if self._run is not None and self._run.resumable and self.control is None:
+            replayed = replay(self.workflow, snapshot, self.now_ms)
+            snapshot.steps = []
+            outcome = self._run.resume(snapshot, self.now_ms, self._ended)
+            assert _decisions(outcome) == _decisions(replayed)
+            self.resumed_turns += 1
+        else:
+            run = InstanceRun(self.workflow, snapshot, self.now_ms)
+            outcome = run.run()
+            self._run = run if self.resume_in_memory else None
+        self._ended = []
         self.consumed.update(pk for pk, _ in outcome.events_consumed)
         for r in [*outcome.inserted, *outcome.updated]:
-            # The store round-trips outputs through JSON.
+            # The store keeps its own copy, and round-trips outputs through JSON.
+            r = _copy(r)
             r.output = None if r.output is None else orjson.loads(orjson.dumps(r.output))
             self.steps[r.key] = r
         self.turns.append(outcome)
         return outcome
+
+    def restart_worker(self) -> None:
+        """Forget the run kept in memory, as a worker restart (a deploy) does."""
+        self._run = None
 
     async def run_attempts(self, outcome: TurnOutcome) -> None:
         async def one(a: Any) -> None:
@@ -72,6 +97,12 @@ class Simulation:
                 record.error = error_dict(exc)
                 record.attempt_outcome = "error"
             record.ended_at_ms = self.now_ms
+            self._ended.append(h.AttemptResult(
+                instance_pk=1, key=a.key, attempt=a.attempt, token=a.token,
+                ok=record.attempt_outcome == "ok",
+                output=None if record.output is None else orjson.dumps(record.output).decode(),
+                error=None if record.error is None else orjson.dumps(record.error).decode(),
+                ended_at_ms=self.now_ms))
         await asyncio.gather(*(one(a) for a in outcome.attempts))
 
     async def run(self, max_turns: int = 1000) -> TurnOutcome:
@@ -88,3 +119,19 @@ class Simulation:
                 return outcome
             self.now_ms = max(self.now_ms, min(pending))
         raise AssertionError("simulation did not finish")
+
+
+def _copy(record: h.StepRecord) -> h.StepRecord:
+    return h.StepRecord(**{f: getattr(record, f) for f in record.__slots__})  # type: ignore[attr-defined]
+
+
+def _decisions(outcome: TurnOutcome) -> dict[str, Any]:
+    """What a turn decided, without its attempts' random tokens."""
+    return {
+        "inserted": [_copy(r) for r in outcome.inserted],
+        "updated": sorted(repr(_copy(r)) for r in outcome.updated),
+        "attempts": [(a.key, a.attempt, a.config) for a in outcome.attempts],
+        **{name: getattr(outcome, name) for name in (
+            "timers_set", "timers_cleared", "status", "output", "error", "progress",
+            "events_consumed", "step_events", "rollback")},
+    }

@@ -11,6 +11,8 @@ import pytest
 from sdk import NonRetryableError, StepFailedError, WorkflowEntrypoint, WorkflowEvent, WorkflowStep
 from tests.unit.simulator import Simulation
 
+pytestmark = pytest.mark.usefixtures("both_turn_kinds")
+
 CALLS: list[str] = []
 
 
@@ -175,6 +177,7 @@ async def test_changed_code_fails_with_non_determinism_naming_the_step() -> None
     await sim.run_attempts(sim.turn())
     sim.turn()  # "second" is now in history as a do step
     Diverges.version = 2
+    sim.restart_worker()  # new code means new worker processes: nothing kept in memory
     outcome = sim.turn()
     assert outcome.status == "errored"
     assert outcome.error is not None and outcome.error["name"] == "NonDeterminismError"
@@ -256,3 +259,12 @@ async def test_event_after_the_deadline_does_not_satisfy_a_late_timed_out_wait()
     early.now_ms += 5000
     early.events.append(PendingEvent(1, "reply", {"on": "time"}, early.now_ms - 4000))
     assert early.turn().output == {"on": "time"}
+
+
+async def test_a_resumed_run_continues_in_memory_and_decides_what_a_replay_decides() -> None:
+    CALLS.clear()
+    sim = Simulation(ThreeSteps, resume_in_memory=True)
+    outcome = await sim.run()  # each resumed turn is checked against a replay by the simulator
+    assert outcome.status == "complete" and outcome.output == {"sum": 6}
+    assert CALLS == ["a", "b", "c"]
+    assert sim.resumed_turns == 3  # every turn after the first

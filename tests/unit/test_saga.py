@@ -6,8 +6,12 @@ import asyncio
 import contextlib
 from typing import Any
 
+import pytest
+
 from sdk import StepFailedError, WorkflowEntrypoint, WorkflowEvent, WorkflowStep
 from tests.unit.simulator import Simulation
+
+pytestmark = pytest.mark.usefixtures("both_turn_kinds")
 
 LOG: list[Any] = []
 
