@@ -32,6 +32,9 @@ class Settings:
         wake_lead_s: A timer's wake-up is sent this long before it is due and held by the
             worker that receives it until then, so that the broker's delay lateness does not
             make it late (see ``engine._early_wake``).
+        resume_cache_steps: Steps of history, in all, of the runs a worker keeps in memory
+            between turns so that an instance continuing on it resumes instead of replaying
+            (see ``engine._resume_cache``); 0 keeps none. Env ``WARREN_RESUME_CACHE_STEPS``.
         sweep_interval_s: How often the sweeper looks for lost wake-ups.
             Env ``WARREN_SWEEP_INTERVAL``.
         sweep_grace_s: How overdue a wake-up must be before the sweeper re-issues it; it
@@ -54,6 +57,7 @@ class Settings:
     lease_s: float = 30.0
     heartbeat_timeout_s: float = 30.0
     wake_lead_s: float = 1.0
+    resume_cache_steps: int = 20_000
     sweep_interval_s: float = 1.0
     sweep_grace_s: float = 1.0
     max_concurrency: int = 50_000
@@ -75,6 +79,7 @@ class Settings:
             "sweep_interval_s": ("WARREN_SWEEP_INTERVAL", float),
             "max_concurrency": ("WARREN_MAX_CONCURRENCY", int),
             "retention_days": ("WARREN_RETENTION_DAYS", float),
+            "resume_cache_steps": ("WARREN_RESUME_CACHE_STEPS", int),
         }
         for name, (var, kind) in numeric.items():
             raw = os.environ.get(var)

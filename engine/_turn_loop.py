@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,8 @@ from engine._early_wake import EarlyWakeups
 from engine._history import FINISHED_STATUSES, AttemptResult
 from engine._intake import Intake, Taken
 from engine._lifecycle import lifecycle_message
-from engine._replay import TurnOutcome, replay
+from engine._replay import InstanceRun, TurnOutcome
+from engine._resume_cache import KeptRun, ResumeCache
 from engine._runner import StepJob, StepRunner
 from engine._store._database import Database
 from engine._store._events import IncomingEvent, store_events_txn
@@ -87,6 +88,7 @@ class TurnLoop:
         self, db: Database, broker: Broker, runner: StepRunner,
         workflows: dict[str, type[WorkflowEntrypoint]], *, worker_id: str,
         batch_size: int, lease_ms: int, parallelism: int, wake_lead_ms: int,
+        resume_cache_steps: int,
     ) -> None:
         self._db = db
         self._broker = broker
@@ -98,6 +100,7 @@ class TurnLoop:
         # The broker's queue priority orders what is not yet delivered, this what already was.
         self._intake = Intake(batch_size=batch_size, new_work_lanes=max(1, parallelism // 2))
         self._early = EarlyWakeups(broker, self._intake.put, lead_ms=wake_lead_ms)
+        self._kept = ResumeCache(resume_cache_steps)
         self._tokens = itertools.count(1)
         self._lifecycle: list[OutgoingMessage] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -315,7 +318,7 @@ class TurnLoop:
     async def _decide_and_commit(
         self, workflow: str, instance_ids: list[str], results: Sequence[AttemptResult]
     ) -> _Turn:
-        """Lease, store ``results``, load, replay and commit, in one transaction.
+        """Lease, store ``results``, load, replay (or resume) and commit, in one transaction.
 
         Holding the instance rows for the whole turn costs a concurrent turn of the same
         instance a short wait, and saves a second transaction, a lease release statement
@@ -324,14 +327,17 @@ class TurnLoop:
         """
         owner = self._new_owner()
         now = now_ms()
+        kept = self._kept.take(workflow, instance_ids)
         try:
             async with self._db.transaction() as conn:
-                leased = await acquire_txn(conn, workflow, instance_ids, owner, now,
-                                           self._lease_ms, results=results)
-                decided = self._replay(workflow, leased, now)
+                leased = await acquire_txn(
+                    conn, workflow, instance_ids, owner, now, self._lease_ms, results=results,
+                    known_fences={pk: k.fence for pk, k in kept.items()})
+                decided, runs = self._replay(workflow, leased, now, kept, results)
                 done = (await commit_txn(conn, owner, decided, self._worker_id, now,
                                          leased_in_this_transaction=True)
                         if decided else Committed())
+            self._keep(workflow, decided, runs, done)
             return _Turn(workflow, leased, decided, done)
         except ValidationError:
             log.warning("a turn outcome cannot be stored; committing instance by instance",
@@ -341,12 +347,26 @@ class TurnLoop:
             async with self._db.transaction() as conn:
                 leased = await acquire_txn(conn, workflow, instance_ids, owner, now,
                                            self._lease_ms, results=results)
-            decided = self._replay(workflow, leased, now)
+            decided, _ = self._replay(workflow, leased, now)
             done = await self._commit(owner, decided, now) if decided else Committed()
         except BaseException:
             await self._release(owner)
             raise
         return _Turn(workflow, leased, decided, done)
+
+    def _keep(
+        self, workflow: str, decided: list[tuple[h.InstanceSnapshot, TurnOutcome]],
+        runs: dict[int, InstanceRun], done: Committed,
+    ) -> None:
+        """Keep the runs whose next turn is likely here (their steps run here) and may
+        resume them: the history they hold is the one just committed."""
+        for snapshot, _ in decided:
+            run = runs.get(snapshot.pk)
+            if (run is not None and run.resumable and snapshot.pk in done.held
+                    and snapshot.pk not in done.denied):
+                # The next lease increments the fence, unless someone else's comes first.
+                self._kept.keep(workflow, snapshot.instance_id,
+                                KeptRun(snapshot.pk, snapshot.fence + 1, run))
 
     async def _release(self, owner: str) -> None:
         """Don't leave a failed batch's leases to expire (30 s of nothing) on the way out."""
@@ -355,23 +375,36 @@ class TurnLoop:
                 await release_leases_txn(conn, owner)
 
     def _replay(
-        self, workflow: str, leased: Leased, now: int
-    ) -> list[tuple[h.InstanceSnapshot, TurnOutcome]]:
-        """Decide each leased instance's turn (no I/O)."""
+        self, workflow: str, leased: Leased, now: int,
+        kept: Mapping[int, KeptRun] | None = None, results: Sequence[AttemptResult] = (),
+    ) -> tuple[list[tuple[h.InstanceSnapshot, TurnOutcome]], dict[int, InstanceRun]]:
+        """Decide each leased instance's turn (no I/O): resume the kept runs whose history
+        was not loaded (``leased.resumable``), replay the others. Returns the decisions and
+        the runs that made them."""
         cls = self._workflows[workflow]
+        ended: dict[int, list[AttemptResult]] = {}
+        for result in results:
+            ended.setdefault(result.instance_pk, []).append(result)
         decided: list[tuple[h.InstanceSnapshot, TurnOutcome]] = []
+        runs: dict[int, InstanceRun] = {}
         for snapshot in leased.snapshots:
             control = snapshot.control or {}
             if control.get("op") == "terminate" and not control.get("rollback"):
                 decided.append((snapshot, TurnOutcome(status=h.TERMINATED)))
                 continue
             try:
-                outcome = replay(cls, snapshot, now)
+                if snapshot.pk in leased.resumable:
+                    run = (kept or {})[snapshot.pk].run
+                    outcome = run.resume(snapshot, now, ended.get(snapshot.pk, ()))
+                else:
+                    run = InstanceRun(cls, snapshot, now)
+                    outcome = run.run()
+                runs[snapshot.pk] = run
             except Exception as exc:  # a bug in the engine must not wedge the instance
                 log.exception("replay crashed", workflow=workflow, instance=snapshot.instance_id)
                 outcome = TurnOutcome(status="errored", error=error_dict(exc))
             decided.append((snapshot, outcome))
-        return decided
+        return decided, runs
 
     async def _act(self, turn: _Turn) -> None:
         """After the commit: start the steps the turn decided and publish its messages."""

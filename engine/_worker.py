@@ -65,6 +65,7 @@ class Worker:
             self.db, self.broker, self._runner, self.workflows, worker_id=self.worker_id,
             batch_size=s.turn_batch_size, lease_ms=int(s.lease_s * 1000),
             parallelism=s.turn_parallelism, wake_lead_ms=int(s.wake_lead_s * 1000),
+            resume_cache_steps=s.resume_cache_steps,
         )
         self._sweeper = Sweeper(
             self.db, self.broker, worker_id=self.worker_id, served=self.workflows,

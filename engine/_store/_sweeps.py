@@ -112,6 +112,12 @@ async def stale_steps_txn(
     )).all()
     lost = [(r.instance_pk, r.step_key, r.attempt) for r in rows if r.attempt_outcome is None]
     if lost:
+        # Failing an attempt changes history outside a turn: moving the fence on tells a
+        # worker that kept the run in memory to replay it (see engine._resume_cache). The
+        # instance rows are locked first, the lock order of every turn.
+        changed = locked(instances, instances.c.pk.in_(sorted({pk for pk, _, _ in lost})))
+        await conn.execute(update(instances).where(joined(instances, changed))
+                           .values(fence=instances.c.fence + 1))
         doomed = locked(steps, tuple_(s.instance_pk, s.step_key, s.attempt).in_(lost),
                         s.attempt_outcome.is_(None))
         await conn.execute(

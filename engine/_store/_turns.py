@@ -8,7 +8,7 @@ token: a worker that lost its lease cannot commit).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,16 +88,20 @@ class Leased:
         snapshots: Instances leased, with history loaded, to replay.
         busy: Ids leased by another worker (flagged ``needs_turn``).
         restarted: Instances a pending ``restart`` reset in this transaction.
+        resumable: Pks of snapshots leased at the fence the caller knew (``known_fences``),
+            with no command pending and not paused: their steps were not loaded.
     """
 
     snapshots: list[h.InstanceSnapshot]
     busy: list[str]
     restarted: list[h.InstanceSnapshot] = field(default_factory=list)
+    resumable: set[int] = field(default_factory=set)
 
 
 async def acquire_txn(
     conn: AsyncConnection, workflow: str, instance_ids: Sequence[str], owner: str,
     now_ms: int, lease_ms: int, results: Sequence[h.AttemptResult] = (),
+    known_fences: Mapping[int, int] | None = None,
 ) -> Leased:
     """Lease the runnable instances among ``instance_ids``; flag the ones leased elsewhere.
 
@@ -107,6 +111,8 @@ async def acquire_txn(
     ``results`` (ended attempts of these instances) are stored after the instance rows are
     locked and before the histories are loaded: instance rows before step rows is the lock
     order of every transaction that writes both, so this one cannot deadlock with a commit.
+    ``known_fences`` maps instance pks to the fence at which the caller holds their history
+    in memory (see ``engine._resume_cache``); leased at that fence, their steps are not loaded.
     """
     rows = (await conn.execute(_ACQUIRE, {
         "b_workflow": workflow, "b_ids": padded(instance_ids), "b_now": now_ms,
@@ -124,16 +130,22 @@ async def acquire_txn(
         for r in rows if r.lease_owner == owner
     ]
     leased = Leased([], [r.instance_id for r in rows if r.lease_owner != owner])
+    known = known_fences or {}
     for snap in snapshots:
         op = (snap.control or {}).get("op")
         if op == "restart":
             await reset_history_txn(conn, snap, (snap.control or {}).get("from_step"))
             leased.restarted.append(snap)
+        elif known.get(snap.pk) == snap.fence and snap.control is None and not snap.paused:
+            leased.resumable.add(snap.pk)
         leased.snapshots.append(snap)
     if leased.snapshots:
         by_pk = {s.pk: s for s in leased.snapshots}
-        for instance_pk, *values in await conn.execute(_LOAD_STEPS, {"b_pks": padded(by_pk)}):
-            by_pk[instance_pk].steps.append(step_record(values))
+        unknown = [pk for pk in by_pk if pk not in leased.resumable]
+        if unknown:
+            for instance_pk, *values in await conn.execute(_LOAD_STEPS,
+                                                           {"b_pks": padded(unknown)}):
+                by_pk[instance_pk].steps.append(step_record(values))
         event_rows = await conn.execute(_LOAD_EVENTS, {"b_pks": padded(by_pk)})
         for row in event_rows:
             by_pk[row.instance_pk].events.append(h.PendingEvent(
