@@ -41,6 +41,7 @@ from engine._resume_cache import KeptRun, ResumeCache
 from engine._runner import StepJob, StepRunner
 from engine._store._database import Database
 from engine._store._events import IncomingEvent, store_events_txn
+from engine._store._gates import SlotsContended
 from engine._store._instances import NewInstance, create_from_message_txn, existing_ids
 from engine._store._turns import (
     Committed,
@@ -101,6 +102,8 @@ class TurnLoop:
         self._intake = Intake(batch_size=batch_size, new_work_lanes=max(1, parallelism // 2))
         self._early = EarlyWakeups(broker, self._intake.put, lead_ms=wake_lead_ms)
         self._kept = ResumeCache(resume_cache_steps)
+        # Per workflow: whether turns may take slots without locking the gates (unknown: try).
+        self._slots_open: dict[str, bool] = {}
         self._tokens = itertools.count(1)
         self._lifecycle: list[OutgoingMessage] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -328,6 +331,7 @@ class TurnLoop:
         owner = self._new_owner()
         now = now_ms()
         kept = self._kept.take(workflow, instance_ids)
+        optimistic = self._slots_open.get(workflow, True)
         try:
             async with self._db.transaction() as conn:
                 leased = await acquire_txn(
@@ -335,10 +339,18 @@ class TurnLoop:
                     known_fences={pk: k.fence for pk, k in kept.items()})
                 decided, runs = self._replay(workflow, leased, now, kept, results)
                 done = (await commit_txn(conn, owner, decided, self._worker_id, now,
-                                         leased_in_this_transaction=True)
+                                         leased_in_this_transaction=True,
+                                         optimistic_slots=optimistic)
                         if decided else Committed())
+            if done.slots_open is not None:
+                self._slots_open[workflow] = done.slots_open
             self._keep(workflow, decided, runs, done)
             return _Turn(workflow, leased, decided, done)
+        except SlotsContended:
+            # Rolled back: redo the whole turn, settling slots under the gates' locks (the
+            # runs taken were advanced by the attempt: the redo replays them).
+            self._slots_open[workflow] = False
+            return await self._decide_and_commit(workflow, instance_ids, results)
         except ValidationError:
             log.warning("a turn outcome cannot be stored; committing instance by instance",
                         workflow=workflow)

@@ -10,6 +10,15 @@ handed out in the same transaction that frees them: each workflow's share of the
 limit is filled max-min fairly (the workflow running the fewest goes first), and a queue's
 head is taken with ``SKIP LOCKED`` so admission never waits on a row another turn holds.
 Costs depend on the slots moved, never on how many instances are queued.
+
+Every turn that moves a slot writes the workflow's gate row and the global one, so those
+two rows serialize such turns across all workers. :func:`settle_txn` locks them before the
+turn writes its outcomes, because it must know who is refused before writing anything; a
+batch of 100 creates then held them for hundreds of milliseconds under load, and woken
+instances queued behind it. While nothing is queued and there is room (the common case),
+a turn instead takes its slots optimistically and counts them with
+:func:`count_slots_txn` as its last statement, holding the rows only until its commit; if
+that count finds a queue or a limit crossed, the turn is redone with :func:`settle_txn`.
 """
 
 from __future__ import annotations
@@ -51,12 +60,26 @@ class SlotRequest:
     priority: int           # WOKEN or NEW, should it have to queue
 
 
+OPEN_MARGIN = 100
+"""Free slots a gate must have left, besides an empty admission queue everywhere, for turns
+to take slots optimistically (one batch's worth, so one batch rarely crosses the limit)."""
+
+
 @dataclass(slots=True)
 class Settlement:
-    """Result of :func:`settle_txn`: who was refused a slot, and who was admitted."""
+    """Result of :func:`settle_txn`: who was refused a slot, and who was admitted.
+
+    ``open`` says whether slots could be taken optimistically now (``None``: not looked at).
+    """
 
     denied: set[int] = field(default_factory=set)
     admitted: list[tuple[str, str]] = field(default_factory=list)
+    open: bool | None = None
+
+
+class SlotsContended(Exception):
+    """An optimistic slot count found instances queued or a limit crossed: the transaction
+    must be rolled back and the turn settled with :func:`settle_txn`."""
 
 
 @dataclass(slots=True)
@@ -197,7 +220,40 @@ async def settle_txn(
     if released or dequeued:
         result.admitted = await _admit(conn, gate_map, now_ms)
     await _store_gates(conn, gate_map.values())
+    result.open = (gate.rate is None and all(g.queued <= 0 for g in gate_map.values())
+                   and min(gate.free(), total.free()) >= OPEN_MARGIN)
     return result
+
+
+async def count_slots_txn(conn: AsyncConnection, workflow: str, delta: int) -> None:
+    """Count ``delta`` slots taken (or, negative, freed) without having locked the gates.
+
+    The last statement of the turn's transaction: it holds the gate rows only until the
+    commit. Raises :class:`SlotsContended` if the workflow has a rate limit, if any instance
+    is waiting for a slot (a direct grant would jump that queue, a freed slot is owed to it),
+    or if slots were taken and fewer than :data:`OPEN_MARGIN` are left: so close to a limit,
+    only :func:`settle_txn` orders the turns' start and end times exactly as the slots were
+    held. The caller then rolls back and settles with :func:`settle_txn`.
+    A queue that another workflow starts while this statement runs may be missed; its head
+    then gets the next freed slot, or the sweeper's admission pass hands it one.
+    """
+    # Gate rows are locked in the order every transaction locks them: name order, '*' last.
+    order = select(gates.c.workflow).where(gates.c.workflow.in_([workflow, ALL])).order_by(
+        gates.c.workflow == ALL, gates.c.workflow).with_for_update().subquery()
+    waiting = select(func.count()).where(gates.c.queued > 0).scalar_subquery()
+    rows = (await conn.execute(
+        update(gates).where(gates.c.workflow == order.c.workflow)
+        .values(running=gates.c.running + delta)
+        .returning(gates.c.workflow, gates.c.running, gates.c.max_running, gates.c.rate,
+                   waiting.label("waiting"))
+    )).all()
+    found = {r.workflow: r for r in rows}
+    if set(found) != {workflow, ALL} or found[workflow].rate is not None or any(
+        r.waiting or (delta > 0 and r.max_running is not None
+                      and r.running > r.max_running - OPEN_MARGIN)
+        for r in rows
+    ):
+        raise SlotsContended(workflow)
 
 
 async def _queued_ahead(conn: AsyncConnection, workflow: str, request: SlotRequest) -> bool:

@@ -20,7 +20,14 @@ from engine import _history as h
 from engine._codec import decode_json, encode_json
 from engine._replay import TurnOutcome
 from engine._store._batching import padded
-from engine._store._gates import NEW, WOKEN, SlotRequest, settle_txn, wants_slot
+from engine._store._gates import (
+    NEW,
+    WOKEN,
+    SlotRequest,
+    count_slots_txn,
+    settle_txn,
+    wants_slot,
+)
 from engine._store._locking import joined, locked, sorted_params
 from engine._store._rows import STEP_RECORD_COLUMNS, step_record, step_values
 from engine._store._schema import events, instances, step_attempts, steps, timers
@@ -200,11 +207,13 @@ class Committed:
     again: set[int] = field(default_factory=set)
     denied: set[int] = field(default_factory=set)
     admitted: list[tuple[str, str]] = field(default_factory=list)
+    slots_open: bool | None = None
 
 
 async def commit_txn(
     conn: AsyncConnection, owner: str, results: Sequence[tuple[h.InstanceSnapshot, TurnOutcome]],
     worker: str, now_ms: int, *, leased_in_this_transaction: bool = False,
+    optimistic_slots: bool = False,
 ) -> Committed:
     """Settle slots, persist the outcomes of instances still leased by ``owner`` and release
     their leases.
@@ -212,7 +221,11 @@ async def commit_txn(
     With ``leased_in_this_transaction`` the instance rows have been locked since
     :func:`acquire_txn` leased them in this same transaction: nothing can have changed them
     (no command, no admission, no other turn), so the lease is released by the statement
-    that writes the outcome instead of one of its own.
+    that writes the outcome instead of one of its own. With ``optimistic_slots`` too (and
+    none of the instances in the admission queue), slots are taken without locking the
+    gates and counted last (see ``engine._store._gates``); that raises ``SlotsContended``
+    when the caller must roll back and commit the turn again without ``optimistic_slots``.
+    ``Committed.slots_open`` then says whether to try optimistically again.
     """
     pks = [snap.pk for snap, _ in results]
     if leased_in_this_transaction:
@@ -242,14 +255,17 @@ async def commit_txn(
         done.again |= superseded
         kept = [(snap, out) for snap, out in results
                 if snap.pk in done.held and snap.pk not in superseded]
-    if kept:
-        settlement = await settle_txn(conn, kept[0][0].workflow, [
-            SlotRequest(pk=snap.pk, had_slot=slots[snap.pk][0],
-                        wants_slot=wants_slot(out.status), queued=slots[snap.pk][1],
-                        priority=NEW if snap.started_at_ms is None else WOKEN)
-            for snap, out in kept
-        ], now_ms)
+    requests = [SlotRequest(pk=snap.pk, had_slot=slots[snap.pk][0],
+                            wants_slot=wants_slot(out.status), queued=slots[snap.pk][1],
+                            priority=NEW if snap.started_at_ms is None else WOKEN)
+                for snap, out in kept]
+    moved = [r for r in requests if r.wants_slot != r.had_slot]
+    optimistic = (optimistic_slots and leased_in_this_transaction
+                  and not any(r.queued for r in requests))
+    if kept and not optimistic:
+        settlement = await settle_txn(conn, kept[0][0].workflow, requests, now_ms)
         done.denied, done.admitted = settlement.denied, settlement.admitted
+        done.slots_open = settlement.open
         kept = [(snap, out) for snap, out in kept if snap.pk not in done.denied]
     if leased_in_this_transaction and done.denied:
         await conn.execute(update(instances).where(instances.c.pk.in_(padded(done.denied)))
@@ -257,9 +273,10 @@ async def commit_txn(
     if not kept:
         return done
     # Start and end times are read now, with the instance rows (and, for slot changes, the
-    # gates) locked: they then order exactly as the concurrency slots were held.
+    # gates unless optimistic, far from any limit) locked: they then order exactly as the
+    # concurrency slots were held.
     await _write_instances(conn, kept, max(now_ms, clock.now_ms()),
-                           release=leased_in_this_transaction)
+                           release=leased_in_this_transaction, slots=optimistic and bool(moved))
     await _finish_txn(conn, [(snap, out) for snap, out in kept if out.finished])
     # A new step's first attempt token goes into its insert: one statement fewer per turn.
     tokens = {(snap.pk, a.key): a.token for snap, out in kept for a in out.attempts}
@@ -307,6 +324,9 @@ async def commit_txn(
                   for snap, out in kept for key, due in out.timers_set.items()]
     if timer_rows:
         await conn.execute(insert(timers), timer_rows)
+    if optimistic and moved:
+        await count_slots_txn(conn, kept[0][0].workflow,
+                              sum(1 if r.wants_slot else -1 for r in moved))
     return done
 
 
@@ -331,8 +351,9 @@ def _runner(record: h.StepRecord, worker: str, now_ms: int) -> dict[str, Any]:
 
 async def _write_instances(
     conn: AsyncConnection, kept: Sequence[tuple[h.InstanceSnapshot, TurnOutcome]], now_ms: int,
-    *, release: bool,
+    *, release: bool, slots: bool,
 ) -> None:
+    """Write the instances' outcomes (and, with ``slots``, whether each holds a slot now)."""
     rows = []
     for snap, out in kept:
         # The error is the instance's once it has ended (a rollback may still be running).
@@ -350,6 +371,8 @@ async def _write_instances(
             row["control"] = None  # a terminate with rollback is done
         if release:
             row["lease_owner"] = row["lease_expires_ms"] = None
+        if slots:
+            row["slot"] = wants_slot(out.status)
         rows.append(row)
     for keys in {tuple(sorted(r)) for r in rows}:  # executemany needs one shape per call
         await conn.execute(

@@ -6,7 +6,10 @@ import asyncio
 import time
 from typing import Any
 
+import pytest
+
 from benchmarks._stats import max_overlap
+from engine._store._gates import SlotsContended
 from sdk import WorkflowEntrypoint, WorkflowEvent, WorkflowStep
 from tests.helpers import eventually
 from tests.stacks import Stack
@@ -191,3 +194,54 @@ async def test_resumed_instance_refused_a_slot_queues_and_runs_later(stack: Stac
         final = await wf.counts()
     assert st.output == 0.1
     assert (final["running"], final["queued"]) == (0, 0)
+
+
+class Unlimited(WorkflowEntrypoint):
+    name = "unlimited"
+
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        await step.do("one", lambda: 1)
+        await step.sleep("nap", 0.05)  # gives its slot back, then takes one again
+        return await step.do("two", lambda: 2)
+
+
+async def test_far_from_any_limit_slots_are_taken_without_locking_the_gates(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine._store import _turns
+
+    calls = {"settle": 0, "count": 0, "contended": 0}
+    settle, count = _turns.settle_txn, _turns.count_slots_txn
+
+    async def counting_settle(*args: Any) -> Any:
+        calls["settle"] += 1
+        return await settle(*args)
+
+    async def counting_count(*args: Any) -> None:
+        calls["count"] += 1
+        try:
+            await count(*args)
+        except SlotsContended:
+            calls["contended"] += 1
+            raise
+
+    monkeypatch.setattr(_turns, "settle_txn", counting_settle)
+    monkeypatch.setattr(_turns, "count_slots_txn", counting_count)
+    async with stack.running([Unlimited, Limited]) as client:
+        wf = client.workflow("unlimited")
+        instances = await wf.create_batch([{"params": i} for i in range(20)])
+        for inst in instances:
+            assert (await inst.wait_for_status("complete", timeout=30)).output == 2
+        assert (await wf.counts())["running"] == 0  # every slot taken was given back
+        # Start, sleep, wake and end all moved slots; none of them locked the gates first.
+        assert calls["settle"] == 0 and calls["contended"] == 0 and calls["count"] >= 4
+
+        # Five slots are not "far from the limit": the optimistic count refuses, the turn is
+        # redone under the gates' locks, and the limit holds.
+        INTERVALS.clear()
+        limited = client.workflow("limited")
+        for inst in await limited.create_batch([{"params": i} for i in range(10)]):
+            await inst.wait_for_status("complete", timeout=30)
+        assert calls["contended"] >= 1 and calls["settle"] >= 1
+        assert max_overlap(INTERVALS) <= 5
+        assert (await limited.counts())["running"] == 0
