@@ -12,7 +12,18 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, case, delete, insert, or_, select, tuple_, update
+from sqlalchemy import (
+    bindparam,
+    case,
+    delete,
+    exists,
+    insert,
+    literal_column,
+    or_,
+    select,
+    tuple_,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import _clock as clock
@@ -54,7 +65,12 @@ _ACQUIRE = (
     )
     .returning(_i.pk, _i.instance_id, _i.lease_owner, _i.fence, _i.status, _i.params,
                _i.created_at_ms, _i.started_at_ms, _i.paused, _i.control, _i.slot,
-               _i.admit_priority)
+               _i.admit_priority,
+               # Most turns have no pending event: this spares them the events query. (The
+               # table is named: SQLite's RETURNING drops qualifiers, and a bare "pk" in the
+               # subquery would be the event's.)
+               exists().where(events.c.instance_pk == literal_column(f"{instances.name}.pk"),
+                              events.c.consumed_by.is_(None)).label("has_events"))
 )
 _LOAD_STEPS = (select(steps.c.instance_pk, *(steps.c[name] for name in STEP_RECORD_COLUMNS))
                .where(steps.c.instance_pk.in_(bindparam("b_pks", expanding=True)))
@@ -136,6 +152,7 @@ async def acquire_txn(
         )
         for r in rows if r.lease_owner == owner
     ]
+    with_events = {r.pk for r in rows if r.lease_owner == owner and r.has_events}
     leased = Leased([], [r.instance_id for r in rows if r.lease_owner != owner])
     known = known_fences or {}
     for snap in snapshots:
@@ -153,10 +170,10 @@ async def acquire_txn(
             for instance_pk, *values in await conn.execute(_LOAD_STEPS,
                                                            {"b_pks": padded(unknown)}):
                 by_pk[instance_pk].steps.append(step_record(values))
-        event_rows = await conn.execute(_LOAD_EVENTS, {"b_pks": padded(by_pk)})
-        for row in event_rows:
-            by_pk[row.instance_pk].events.append(h.PendingEvent(
-                row.pk, row.event_type, decode_json(row.payload), row.received_at_ms))
+        if with_events:
+            for row in await conn.execute(_LOAD_EVENTS, {"b_pks": padded(with_events)}):
+                by_pk[row.instance_pk].events.append(h.PendingEvent(
+                    row.pk, row.event_type, decode_json(row.payload), row.received_at_ms))
     return leased
 
 
