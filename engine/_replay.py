@@ -191,7 +191,8 @@ class InstanceRun(SagaMixin):
         # published then; only code running past a new outcome (or a first turn) is new.
         self._first_new_seq = self._next_completed
         self._live = not instance.steps
-        self._tokens: dict[str, str] = {}  # step key -> token of its latest attempt started
+        # Step key -> token of its latest attempt: loaded, then of the attempts started here.
+        self._tokens = {r.key: r.token for r in instance.steps if r.token is not None}
         self._task: asyncio.Task[Any] | None = None
 
     def progress(self, data: Any) -> None:

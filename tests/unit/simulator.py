@@ -21,6 +21,7 @@ from engine import _history as h
 from engine._codec import encode_json, error_dict
 from engine._replay import InstanceRun, TurnOutcome, replay
 from engine._runner import _invoke
+from engine._store._rows import step_values
 from sdk._workflow import StepContext, StepInfo, WorkflowEntrypoint
 from sdk.errors import NonRetryableError, ValidationError
 
@@ -70,6 +71,8 @@ class Simulation:
             r = _copy(r)
             r.output = None if r.output is None else orjson.loads(orjson.dumps(r.output))
             self.steps[r.key] = r
+        for attempt in outcome.attempts:  # as the store keeps each attempt's token
+            self.steps[attempt.key].token = attempt.token
         self.turns.append(outcome)
         return outcome
 
@@ -126,10 +129,10 @@ def _copy(record: h.StepRecord) -> h.StepRecord:
 
 
 def _decisions(outcome: TurnOutcome) -> dict[str, Any]:
-    """What a turn decided, without its attempts' random tokens."""
+    """What a turn decided, as the store would write it (without the attempts' tokens)."""
     return {
-        "inserted": [_copy(r) for r in outcome.inserted],
-        "updated": sorted(repr(_copy(r)) for r in outcome.updated),
+        "inserted": [(r.key, step_values(r)) for r in outcome.inserted],
+        "updated": sorted((r.key, repr(step_values(r))) for r in outcome.updated),
         "attempts": [(a.key, a.attempt, a.config) for a in outcome.attempts],
         **{name: getattr(outcome, name) for name in (
             "timers_set", "timers_cleared", "status", "output", "error", "progress",

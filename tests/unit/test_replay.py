@@ -268,3 +268,16 @@ async def test_a_resumed_run_continues_in_memory_and_decides_what_a_replay_decid
     assert outcome.status == "complete" and outcome.output == {"sum": 6}
     assert CALLS == ["a", "b", "c"]
     assert sim.resumed_turns == 3  # every turn after the first
+
+
+async def test_a_run_replayed_while_its_step_is_in_flight_resumes_with_that_steps_result() -> None:
+    # A turn of another worker (or one that found no run kept) replays from history while a
+    # step is in flight; the run it leaves must still take that step's result when resumed.
+    sim = Simulation(ThreeSteps, resume_in_memory=True)
+    first = sim.turn()  # starts "a"
+    sim.restart_worker()
+    assert sim.turn().attempts == []  # "a" is still running: nothing new to start
+    await sim.run_attempts(first)
+    outcome = await sim.run()
+    assert outcome.status == "complete" and outcome.output == {"sum": 6}
+    assert sim.resumed_turns == 3
