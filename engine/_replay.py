@@ -84,6 +84,9 @@ class TurnOutcome:
     events_consumed: list[tuple[int, str]] = field(default_factory=list)
     step_events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     rollback: dict[str, Any] | None = None
+    loose_ends: bool = True
+    """Whether a finished instance may still have attempts in flight or timers set that
+    this outcome does not clear (unknown unless a replay saw its whole history)."""
 
     @property
     def finished(self) -> bool:
@@ -562,6 +565,7 @@ class InstanceRun(SagaMixin):
             outcome.timers_cleared.extend(
                 r.key for r in self._records.values() if r.state in (h.BACKOFF, h.WAITING)
             )
+            outcome.loose_ends = any(r.state == h.RUNNING for r in self._records.values())
 
     def _finish(self, task: asyncio.Task[Any]) -> None:
         outcome = self.outcome

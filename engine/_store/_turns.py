@@ -8,7 +8,7 @@ token: a worker that lost its lease cannot commit).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -141,8 +141,11 @@ async def acquire_txn(
         "b_workflow": workflow, "b_ids": padded(instance_ids), "b_now": now_ms,
         "b_owner": owner, "b_expires": now_ms + lease_ms,
     })).all()
+    known = known_fences or {}
+    resumable = {r.pk for r in rows if r.lease_owner == owner and known.get(r.pk) == r.fence
+                 and r.control is None and not r.paused}
     if results:
-        await record_attempts_txn(conn, results)
+        await record_attempts_txn(conn, results, applied_in_memory=resumable)
     snapshots = [
         h.InstanceSnapshot(
             pk=r.pk, workflow=workflow, instance_id=r.instance_id,
@@ -154,18 +157,17 @@ async def acquire_txn(
     ]
     with_events = {r.pk for r in rows if r.lease_owner == owner and r.has_events}
     leased = Leased([], [r.instance_id for r in rows if r.lease_owner != owner])
-    known = known_fences or {}
+    leased.resumable = resumable
     for snap in snapshots:
-        op = (snap.control or {}).get("op")
-        if op == "restart":
+        if (snap.control or {}).get("op") == "restart":
             await reset_history_txn(conn, snap, (snap.control or {}).get("from_step"))
             leased.restarted.append(snap)
-        elif known.get(snap.pk) == snap.fence and snap.control is None and not snap.paused:
-            leased.resumable.add(snap.pk)
         leased.snapshots.append(snap)
     if leased.snapshots:
         by_pk = {s.pk: s for s in leased.snapshots}
-        unknown = [pk for pk in by_pk if pk not in leased.resumable]
+        # At fence 1 this is the instance's first lease: no turn has written history yet.
+        unknown = [pk for pk, snap in by_pk.items()
+                   if pk not in leased.resumable and snap.fence > 1]
         if unknown:
             for instance_pk, *values in await conn.execute(_LOAD_STEPS,
                                                            {"b_pks": padded(unknown)}):
@@ -294,7 +296,8 @@ async def commit_txn(
     # concurrency slots were held.
     await _write_instances(conn, kept, max(now_ms, clock.now_ms()),
                            release=leased_in_this_transaction, slots=optimistic and bool(moved))
-    await _finish_txn(conn, [(snap, out) for snap, out in kept if out.finished])
+    await _finish_txn(conn, [(snap, out) for snap, out in kept
+                             if out.finished and out.loose_ends])
     # A new step's first attempt token goes into its insert: one statement fewer per turn.
     tokens = {(snap.pk, a.key): a.token for snap, out in kept for a in out.attempts}
     inserted = [(snap.pk, r) for snap, out in kept for r in out.inserted]
@@ -398,12 +401,22 @@ async def _write_instances(
 
 
 async def record_attempts_txn(
-    conn: AsyncConnection, results: Sequence[h.AttemptResult]
+    conn: AsyncConnection, results: Sequence[h.AttemptResult],
+    applied_in_memory: Set[int] = frozenset(),
 ) -> None:
     """Store ended attempts. An attempt no longer current (superseded, or the instance was
-    reset) matches no row and its result is dropped: the turn already moved on."""
+    reset) matches no row and its result is dropped: the turn already moved on.
+
+    Results of the instances in ``applied_in_memory`` are left out of their step rows: the
+    turn resuming them applies each result in memory exactly as this update would and then
+    rewrites the whole step row (an applied result always completes or reschedules its
+    step), so writing it here too would update the same row twice. The attempt log gets
+    every result.
+    """
     params = sorted_params([_attempt_params(r) for r in results], "b_pk", "b_key")
-    await conn.execute(_RECORD_STEP, params)
+    to_steps = [p for p in params if p["b_pk"] not in applied_in_memory]
+    if to_steps:
+        await conn.execute(_RECORD_STEP, to_steps)
     await conn.execute(_RECORD_ATTEMPT, params)
 
 
