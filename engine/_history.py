@@ -43,7 +43,7 @@ class StepRecord:
     error: dict[str, Any] | None = None
     wake_at_ms: int | None = None
     ended_at_ms: int | None = None
-    token: str | None = None  # of the attempt in flight (stored apart: never in step_values)
+    token: str | None = None  # of its latest attempt (a column of its own: not in step_values)
 
     @property
     def completed(self) -> bool:

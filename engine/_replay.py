@@ -108,7 +108,7 @@ class _Call:
     event_type: str | None = None
 
 
-class InstanceRunStep(WorkflowStep):
+class _ReplayStep(WorkflowStep):
     """The ``step`` object handed to ``run()`` during a replay."""
 
     def __init__(self, replay: InstanceRun) -> None:
@@ -194,15 +194,13 @@ class InstanceRun(SagaMixin):
         # published then; only code running past a new outcome (or a first turn) is new.
         self._first_new_seq = self._next_completed
         self._live = not instance.steps
-        # Step key -> token of its latest attempt: loaded, then of the attempts started here.
-        self._tokens = {r.key: r.token for r in instance.steps if r.token is not None}
         self._task: asyncio.Task[Any] | None = None
 
     def progress(self, data: Any) -> None:
         if self._live:
             self.outcome.progress.append(data)
 
-    # -- called from run() through InstanceRunStep ------------------------------------------
+    # -- called from run() through _ReplayStep ------------------------------------------
     def call(self, kind: str, name: str) -> _Call:
         self._counts[name] += 1
         count = self._counts[name]
@@ -233,7 +231,7 @@ class InstanceRun(SagaMixin):
             payload=inst.params, instance_id=inst.instance_id, workflow=inst.workflow,
             timestamp=datetime.fromtimestamp(inst.created_at_ms / 1000, tz=UTC),
         )
-        self._task = self._loop.create_task(self._workflow().run(event, InstanceRunStep(self)))
+        self._task = self._loop.create_task(self._workflow().run(event, _ReplayStep(self)))
         self._loop.run_until_idle()
         retry_waits = self._apply_outcomes()
         self._resolve_completed(since_seq=0)
@@ -256,7 +254,7 @@ class InstanceRun(SagaMixin):
         self._paused = instance.paused
         for result in ended:
             self._record_result(result)
-        since = self._first_new_seq = self._next_completed
+        since = self._next_completed
         retry_waits = self._apply_outcomes()
         self._resolve_completed(since_seq=since)
         return self._decide(retry_waits)
@@ -276,7 +274,7 @@ class InstanceRun(SagaMixin):
     def _record_result(self, result: h.AttemptResult) -> None:
         """Apply an ended attempt exactly as the store's guarded update applies it."""
         record = self._records.get(result.key)
-        if (record is None or self._tokens.get(result.key) != result.token
+        if (record is None or record.token != result.token
                 or record.state != h.RUNNING or record.attempt_outcome is not None):
             return
         record.attempt_outcome = "ok" if result.ok else "error"
@@ -287,7 +285,7 @@ class InstanceRun(SagaMixin):
         """Resolve the calls of records completed at ``since_seq`` or later, in order."""
         for record in sorted(
             (r for r in self._records.values()
-             if (r.completed_seq or 0) >= since_seq and r.completed_seq is not None
+             if r.completed_seq is not None and r.completed_seq >= since_seq
              and r.kind != h.ROLLBACK),
             key=lambda r: r.completed_seq or 0,
         ):
@@ -474,7 +472,7 @@ class InstanceRun(SagaMixin):
 
     def _start_attempt(self, attempt: AttemptStart) -> None:
         self.outcome.attempts.append(attempt)
-        self._tokens[attempt.key] = attempt.token
+        self._records[attempt.key].token = attempt.token
         kind = "rollback.step.started" if attempt.key.startswith("rollback:") else "step.started"
         self.outcome.step_events.append((kind, {
             "step": attempt.name, "count": attempt.count, "attempt": attempt.attempt}))
@@ -512,6 +510,7 @@ class InstanceRun(SagaMixin):
             started_at_ms=self.now_ms,
         )
         self._next_start += 1
+        self._records[call.key] = record
         if call.kind == h.DO:
             assert call.fn is not None and call.config is not None
             record.config = call.config.to_json()
@@ -526,7 +525,6 @@ class InstanceRun(SagaMixin):
                 record.config = {"event_type": call.event_type,
                                  "timeout_ms": (call.wake_at_ms or 0) - self.now_ms}
             self.outcome.timers_set[call.key] = call.wake_at_ms or self.now_ms
-        self._records[call.key] = record
         self.outcome.inserted.append(record)
 
     def _decide_status(self, task: asyncio.Task[Any]) -> None:

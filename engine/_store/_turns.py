@@ -156,8 +156,8 @@ async def acquire_txn(
         for r in rows if r.lease_owner == owner
     ]
     with_events = {r.pk for r in rows if r.lease_owner == owner and r.has_events}
-    leased = Leased([], [r.instance_id for r in rows if r.lease_owner != owner])
-    leased.resumable = resumable
+    leased = Leased([], [r.instance_id for r in rows if r.lease_owner != owner],
+                    resumable=resumable)
     for snap in snapshots:
         if (snap.control or {}).get("op") == "restart":
             await reset_history_txn(conn, snap, (snap.control or {}).get("from_step"))
