@@ -58,6 +58,13 @@ class SleepThenStep(WorkflowEntrypoint):
         return await step.do("woke", _now)
 
 
+class Parked(SleepThenStep):
+    """The same as ``bench-sleep``, under its own name so that instances parked on a long
+    sleep (``sleepers``' memory phase) are not counted with the ones being timed."""
+
+    name = "bench-park"
+
+
 class Fanout(WorkflowEntrypoint):
     """``asyncio.gather`` of ``params["n"]`` no-op steps (``fanout``)."""
 

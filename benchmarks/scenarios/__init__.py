@@ -60,7 +60,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              (*WARREN_ENGINES, "dbos"), ("per_step_ms", "ratio"),
              (("per_step_ms.10", "lower"), ("per_step_ms.1000", "lower"), ("ratio", "lower"))),
     Scenario("sleepers", "sleepers",
-             "many sleeping instances: lateness, early count, worker RSS at 1,000 vs N",
+             "many sleeping instances: lateness, early count, worker RSS with N/20 vs N parked",
              WARREN_ENGINES, ("lateness_ms", "early", "rss_mb")),
     Scenario("scale-out", "scale_out",
              "throughput with 1, 2, 4 worker processes",
