@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
@@ -524,3 +525,76 @@ async def test_priority_messages_are_delivered_before_earlier_normal_ones(broker
     await broker.consume(wf, inbox, prefetch=1)
     await inbox.wait(3)
     assert inbox.bodies == [b"wake", b"new-1", b"new-2"]
+
+
+class _StallingProxy:
+    """A TCP proxy to RabbitMQ that can stop passing the server's bytes on (a broker that
+    takes publishes but no longer answers), and start again."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self._target = target
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._server: asyncio.Server | None = None
+        self._pipes: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def stall(self) -> None:
+        self._flowing.clear()
+
+    def flow(self) -> None:
+        self._flowing.set()
+
+    async def close(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._pipes:
+            task.cancel()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
+
+    async def _accept(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter
+                      ) -> None:
+        server_r, server_w = await asyncio.open_connection(*self._target)
+        for pipe in (self._pipe(client_r, server_w, None),
+                     self._pipe(server_r, client_w, self._flowing)):
+            task = asyncio.create_task(pipe)
+            self._pipes.add(task)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                    gate: asyncio.Event | None) -> None:
+        try:
+            while data := await reader.read(65536):
+                if gate is not None:
+                    await gate.wait()
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+
+@pytest.mark.rabbitmq
+async def test_rabbit_publish_fails_in_time_when_confirms_stop_coming(rabbit_url: str) -> None:
+    parts = urlsplit(rabbit_url)
+    proxy = _StallingProxy((parts.hostname or "127.0.0.1", parts.port or 5672))
+    port = await proxy.start()
+    broker = RabbitBroker(urlunsplit(parts._replace(netloc=f"guest:guest@127.0.0.1:{port}")),
+                          f"t{uuid.uuid4().hex[:10]}", max_delay_bits=13, publish_timeout_s=0.5)
+    await broker.connect()
+    try:
+        wf = new_workflow()
+        await broker.declare_workflow(wf)
+        await broker.publish([create(wf, b"through the proxy")])
+        proxy.stall()
+        started = time.monotonic()
+        with pytest.raises(PublishError, match=r"not all confirmed within 0\.5 s"):
+            await broker.publish([create(wf, b"a"), create(wf, b"b")])
+        assert time.monotonic() - started < 5
+        proxy.flow()
+        await broker.publish([create(wf, b"and through again")])
+    finally:
+        proxy.flow()
+        await broker.close()
+        await proxy.close()
