@@ -321,12 +321,12 @@ class TurnLoop:
     async def _decide_and_commit(
         self, workflow: str, instance_ids: list[str], results: Sequence[AttemptResult]
     ) -> _Turn:
-        """Lease, store ``results``, load, replay (or resume) and commit, in one transaction.
+        """Lock, store ``results``, load, replay (or resume) and commit, in one transaction.
 
         Holding the instance rows for the whole turn costs a concurrent turn of the same
-        instance a short wait, and saves a second transaction, a lease release statement
-        and a round trip per turn. If an outcome cannot be stored (a value over its limit),
-        the turn is taken apart: lease first, then commit instance by instance.
+        instance a short wait, and saves a second transaction and the writes of a lease
+        (taken, then released) per turn. If an outcome cannot be stored (a value over its
+        limit), the turn is taken apart: lease first, then commit instance by instance.
         """
         owner = self._new_owner()
         now = now_ms()
@@ -336,10 +336,10 @@ class TurnLoop:
             async with self._db.transaction() as conn:
                 leased = await acquire_txn(
                     conn, workflow, instance_ids, owner, now, self._lease_ms, results=results,
-                    known_fences={pk: k.fence for pk, k in kept.items()})
+                    known_fences={pk: k.fence for pk, k in kept.items()}, lease=False)
                 decided, runs = self._replay(workflow, leased, now, kept, results)
                 done = (await commit_txn(conn, owner, decided, self._worker_id, now,
-                                         leased_in_this_transaction=True,
+                                         locked_in_this_transaction=True,
                                          optimistic_slots=optimistic)
                         if decided else Committed())
             if done.slots_open is not None:

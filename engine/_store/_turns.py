@@ -8,23 +8,29 @@ token: a worker that lost its lease cannot commit).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence, Set
+from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import (
+    Table,
     bindparam,
     case,
     delete,
     exists,
+    func,
     insert,
     literal_column,
+    null,
     or_,
     select,
     tuple_,
     update,
 )
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.sql.expression import Executable
 
 from engine import _clock as clock
 from engine import _history as h
@@ -50,28 +56,39 @@ RUNNABLE = (h.QUEUED, h.STATUS_RUNNING, h.STATUS_WAITING, h.PAUSED, h.WAITING_FO
 _i = instances.c
 _FREE = or_(_i.lease_owner.is_(None),
             _i.lease_expires_ms < bindparam("b_now", type_=_i.lease_expires_ms.type))
-_ACQUIRE = (
-    update(instances)
-    .where(joined(instances, locked(
-        instances, _i.workflow == bindparam("b_workflow"),
-        _i.instance_id.in_(bindparam("b_ids", expanding=True)), _i.status.in_(RUNNABLE))))
-    .values(
-        fence=case((_FREE, _i.fence + 1), else_=_i.fence),
-        lease_owner=case((_FREE, bindparam("b_owner", type_=_i.lease_owner.type)),
-                         else_=_i.lease_owner),
-        lease_expires_ms=case((_FREE, bindparam("b_expires", type_=_i.lease_expires_ms.type)),
-                              else_=_i.lease_expires_ms),
-        needs_turn=case((_FREE, False), else_=True),
+
+
+def _acquire(take_lease: bool) -> Executable:
+    """The statement that locks a batch's runnable rows, increments the fence of those whose
+    lease is free (or expired), and flags the others ``needs_turn``; with ``take_lease`` it
+    also writes a lease (owner and expiry) into the free ones, otherwise it clears an
+    expired one."""
+    owner = bindparam("b_owner", type_=_i.lease_owner.type) if take_lease else null()
+    expires = bindparam("b_expires", type_=_i.lease_expires_ms.type) if take_lease else null()
+    return (
+        update(instances)
+        .where(joined(instances, locked(
+            instances, _i.workflow == bindparam("b_workflow"),
+            _i.instance_id.in_(bindparam("b_ids", expanding=True)), _i.status.in_(RUNNABLE))))
+        .values(
+            fence=case((_FREE, _i.fence + 1), else_=_i.fence),
+            lease_owner=case((_FREE, owner), else_=_i.lease_owner),
+            lease_expires_ms=case((_FREE, expires), else_=_i.lease_expires_ms),
+            needs_turn=case((_FREE, False), else_=True),
+        )
+        .returning(_i.pk, _i.instance_id, _i.lease_owner, _i.fence, _i.status, _i.params,
+                   _i.created_at_ms, _i.started_at_ms, _i.paused, _i.control, _i.slot,
+                   _i.admit_priority,
+                   # Most turns have no pending event: this spares them the events query.
+                   # (The table is named: SQLite's RETURNING drops qualifiers, and a bare
+                   # "pk" in the subquery would be the event's.)
+                   exists().where(events.c.instance_pk == literal_column(f"{instances.name}.pk"),
+                                  events.c.consumed_by.is_(None)).label("has_events"))
     )
-    .returning(_i.pk, _i.instance_id, _i.lease_owner, _i.fence, _i.status, _i.params,
-               _i.created_at_ms, _i.started_at_ms, _i.paused, _i.control, _i.slot,
-               _i.admit_priority,
-               # Most turns have no pending event: this spares them the events query. (The
-               # table is named: SQLite's RETURNING drops qualifiers, and a bare "pk" in the
-               # subquery would be the event's.)
-               exists().where(events.c.instance_pk == literal_column(f"{instances.name}.pk"),
-                              events.c.consumed_by.is_(None)).label("has_events"))
-)
+
+
+_LEASE = _acquire(take_lease=True)
+_LOCK = _acquire(take_lease=False)
 _LOAD_STEPS = (select(steps.c.instance_pk, *(steps.c[name] for name in STEP_RECORD_COLUMNS))
                .where(steps.c.instance_pk.in_(bindparam("b_pks", expanding=True)))
                .order_by(steps.c.instance_pk, steps.c.start_seq))
@@ -88,11 +105,28 @@ _RECORD_STEP = update(steps).where(
     error=bindparam("b_error"), ended_at_ms=bindparam("b_ended"),
     heartbeat_at_ms=bindparam("b_ended"),
 )
-_INSERT_STEPS = insert(steps)
+_STEP_WRITTEN = ("name", "count", "kind", "start_seq", "completed_seq", "state", "attempt",
+                 "attempt_outcome", "output", "error", "config", "wake_at_ms", "started_at_ms",
+                 "ended_at_ms", "worker", "heartbeat_at_ms")
+"""The ``warren_steps`` columns a turn writes (``step_values`` and ``_runner``)."""
+
+
+def _upsert_steps(insert_: Callable[[Table], Any]) -> Executable:
+    stmt = insert_(steps)
+    upsert: Executable = stmt.on_conflict_do_update(
+        index_elements=[_s.instance_pk, _s.step_key],
+        set_={**{name: stmt.excluded[name] for name in _STEP_WRITTEN},
+              # a step row written without a new attempt keeps the token it has
+              "attempt_token": func.coalesce(stmt.excluded.attempt_token, _s.attempt_token)},
+    )
+    return upsert
+
+
+_UPSERT_STEPS = {"postgresql": _upsert_steps(pg_insert), "sqlite": _upsert_steps(sqlite_insert)}
 _INSERT_ATTEMPTS = insert(step_attempts)
-_UPDATE_STEP = update(steps).where(_s.instance_pk == bindparam("b_pk"),
-                                   _s.step_key == bindparam("b_key"))
-_SET_ATTEMPT_TOKEN = _UPDATE_STEP.values(attempt_token=bindparam("b_token"))
+_SET_ATTEMPT_TOKEN = update(steps).where(
+    _s.instance_pk == bindparam("b_pk"), _s.step_key == bindparam("b_key"),
+).values(attempt_token=bindparam("b_token"))
 _UPDATE_INSTANCE = update(instances).where(_i.pk == bindparam("b_pk"))
 _a = step_attempts.c
 _RECORD_ATTEMPT = update(step_attempts).where(
@@ -124,25 +158,30 @@ class Leased:
 async def acquire_txn(
     conn: AsyncConnection, workflow: str, instance_ids: Sequence[str], owner: str,
     now_ms: int, lease_ms: int, results: Sequence[h.AttemptResult] = (),
-    known_fences: Mapping[int, int] | None = None,
+    known_fences: Mapping[int, int] | None = None, *, lease: bool = True,
 ) -> Leased:
     """Lease the runnable instances among ``instance_ids``; flag the ones leased elsewhere.
 
     One statement: where the lease is free (or expired) it is taken and the fencing counter
     incremented; where another worker holds it, ``needs_turn`` is set so that the holder
     runs another turn before it lets go. Finished or unknown instances are not returned.
+    Without ``lease``, the turn commits in this same transaction: its row locks already
+    exclude every other turn until then, and a lease written now would be invisible to
+    everyone else and only cost the commit a write to clear it, so none is written.
     ``results`` (ended attempts of these instances) are stored after the instance rows are
     locked and before the histories are loaded: instance rows before step rows is the lock
     order of every transaction that writes both, so this one cannot deadlock with a commit.
     ``known_fences`` maps instance pks to the fence at which the caller holds their history
     in memory (see ``engine._resume_cache``); leased at that fence, their steps are not loaded.
     """
-    rows = (await conn.execute(_ACQUIRE, {
+    rows = (await conn.execute(_LEASE if lease else _LOCK, {
         "b_workflow": workflow, "b_ids": padded(instance_ids), "b_now": now_ms,
-        "b_owner": owner, "b_expires": now_ms + lease_ms,
+        **({"b_owner": owner, "b_expires": now_ms + lease_ms} if lease else {}),
     })).all()
+    taker = owner if lease else None  # what the lease owner of a row taken here reads
+    mine = [r for r in rows if r.lease_owner == taker]
     known = known_fences or {}
-    resumable = {r.pk for r in rows if r.lease_owner == owner and known.get(r.pk) == r.fence
+    resumable = {r.pk for r in mine if known.get(r.pk) == r.fence
                  and r.control is None and not r.paused}
     if results:
         await record_attempts_txn(conn, results, applied_in_memory=resumable)
@@ -153,10 +192,10 @@ async def acquire_txn(
             fence=r.fence, started_at_ms=r.started_at_ms, paused=r.paused,
             control=decode_json(r.control), slot=r.slot, admit_priority=r.admit_priority,
         )
-        for r in rows if r.lease_owner == owner
+        for r in mine
     ]
-    with_events = {r.pk for r in rows if r.lease_owner == owner and r.has_events}
-    leased = Leased([], [r.instance_id for r in rows if r.lease_owner != owner],
+    with_events = {r.pk for r in mine if r.has_events}
+    leased = Leased([], [r.instance_id for r in rows if r.lease_owner != taker],
                     resumable=resumable)
     for snap in snapshots:
         if (snap.control or {}).get("op") == "restart":
@@ -206,7 +245,7 @@ async def reset_history_txn(
             events.c.instance_pk == snap.pk, events.c.consumed_by.in_(keys)))
     await conn.execute(update(instances).where(instances.c.pk == snap.pk).values(
         control=None, status=h.STATUS_RUNNING, output=None, error=None, ended_at_ms=None,
-        paused=False))
+        rollback=None, paused=False))
     snap.status, snap.control, snap.paused = h.STATUS_RUNNING, None, False
 
 
@@ -231,23 +270,25 @@ class Committed:
 
 async def commit_txn(
     conn: AsyncConnection, owner: str, results: Sequence[tuple[h.InstanceSnapshot, TurnOutcome]],
-    worker: str, now_ms: int, *, leased_in_this_transaction: bool = False,
+    worker: str, now_ms: int, *, locked_in_this_transaction: bool = False,
     optimistic_slots: bool = False,
 ) -> Committed:
     """Settle slots, persist the outcomes of instances still leased by ``owner`` and release
     their leases.
 
-    With ``leased_in_this_transaction`` the instance rows have been locked since
-    :func:`acquire_txn` leased them in this same transaction: nothing can have changed them
-    (no command, no admission, no other turn), so the lease is released by the statement
-    that writes the outcome instead of one of its own. With ``optimistic_slots`` too (and
+    With ``locked_in_this_transaction`` the instance rows have been locked since
+    :func:`acquire_txn` took them (without a lease) in this same transaction: nothing can
+    have changed them (no command, no admission, no other turn) and there is no lease to
+    release, so an instance row is written only if its outcome changes it (a turn that
+    applies one step's result and starts the next leaves it as it was). With
+    ``optimistic_slots`` too (and
     none of the instances in the admission queue), slots are taken without locking the
     gates and counted last (see ``engine._store._gates``); that raises ``SlotsContended``
     when the caller must roll back and commit the turn again without ``optimistic_slots``.
     ``Committed.slots_open`` then says whether to try optimistically again.
     """
     pks = [snap.pk for snap, _ in results]
-    if leased_in_this_transaction:
+    if locked_in_this_transaction:
         done = Committed(held=set(pks))
         slots = {snap.pk: (snap.slot, snap.admit_priority is not None) for snap, _ in results}
         kept = list(results)
@@ -279,43 +320,34 @@ async def commit_txn(
                             priority=NEW if snap.started_at_ms is None else WOKEN)
                 for snap, out in kept]
     moved = [r for r in requests if r.wants_slot != r.had_slot]
-    optimistic = (optimistic_slots and leased_in_this_transaction
+    optimistic = (optimistic_slots and locked_in_this_transaction
                   and not any(r.queued for r in requests))
     if kept and not optimistic:
         settlement = await settle_txn(conn, kept[0][0].workflow, requests, now_ms)
         done.denied, done.admitted = settlement.denied, settlement.admitted
         done.slots_open = settlement.open
         kept = [(snap, out) for snap, out in kept if snap.pk not in done.denied]
-    if leased_in_this_transaction and done.denied:
-        await conn.execute(update(instances).where(instances.c.pk.in_(padded(done.denied)))
-                           .values(lease_owner=None, lease_expires_ms=None))
     if not kept:
         return done
     # Start and end times are read now, with the instance rows (and, for slot changes, the
     # gates unless optimistic, far from any limit) locked: they then order exactly as the
     # concurrency slots were held.
     await _write_instances(conn, kept, max(now_ms, clock.now_ms()),
-                           release=leased_in_this_transaction, slots=optimistic and bool(moved))
+                           only_changed=locked_in_this_transaction,
+                           slots=optimistic and bool(moved))
     await _finish_txn(conn, [(snap, out) for snap, out in kept
                              if out.finished and out.loose_ends])
-    # A new step's first attempt token goes into its insert: one statement fewer per turn.
+    # New steps and changed ones in one upsert (a turn typically ends one step and starts
+    # the next), each with the token of the attempt it starts, if any.
     tokens = {(snap.pk, a.key): a.token for snap, out in kept for a in out.attempts}
-    inserted = [(snap.pk, r) for snap, out in kept for r in out.inserted]
-    if inserted:
-        await conn.execute(_INSERT_STEPS, sorted_params([
+    written = [(snap.pk, r) for snap, out in kept for r in (*out.inserted, *out.updated)]
+    if written:
+        await conn.execute(_UPSERT_STEPS[conn.dialect.name], sorted_params([
             {"instance_pk": pk, "step_key": r.key, **step_values(r), **_runner(r, worker, now_ms),
              "attempt_token": tokens.pop((pk, r.key), None)}
-            for pk, r in inserted
+            for pk, r in written
         ], "instance_pk", "step_key"))
-    updated = [(snap.pk, r) for snap, out in kept for r in out.updated]
-    if updated:
-        await conn.execute(
-            _UPDATE_STEP,
-            sorted_params([{"b_pk": pk, "b_key": r.key, **step_values(r),
-                            **_runner(r, worker, now_ms)} for pk, r in updated],
-                          "b_pk", "b_key"),
-        )
-    if tokens:  # attempts of steps that already had a row (retries)
+    if tokens:  # attempts of steps this turn did not write (none are known; kept as a net)
         await conn.execute(
             _SET_ATTEMPT_TOKEN,
             sorted_params([{"b_pk": pk, "b_key": key, "b_token": token}
@@ -371,11 +403,14 @@ def _runner(record: h.StepRecord, worker: str, now_ms: int) -> dict[str, Any]:
 
 async def _write_instances(
     conn: AsyncConnection, kept: Sequence[tuple[h.InstanceSnapshot, TurnOutcome]], now_ms: int,
-    *, release: bool, slots: bool,
+    *, only_changed: bool, slots: bool,
 ) -> None:
-    """Write the instances' outcomes (and, with ``slots``, whether each holds a slot now)."""
+    """Write the instances' outcomes (and, with ``slots``, whether each holds a slot now);
+    with ``only_changed``, skip those the outcome leaves as their snapshot shows them."""
     rows = []
     for snap, out in kept:
+        if only_changed and _unchanged(snap, out):
+            continue
         # The error is the instance's once it has ended (a rollback may still be running).
         error = out.error if out.finished else None
         row = {
@@ -389,8 +424,6 @@ async def _write_instances(
         }
         if out.status == h.TERMINATED:
             row["control"] = None  # a terminate with rollback is done
-        if release:
-            row["lease_owner"] = row["lease_expires_ms"] = None
         if slots:
             row["slot"] = wants_slot(out.status)
         rows.append(row)
@@ -398,6 +431,14 @@ async def _write_instances(
         await conn.execute(
             _UPDATE_INSTANCE, [r for r in rows if tuple(sorted(r)) == keys],
         )
+
+
+def _unchanged(snap: h.InstanceSnapshot, out: TurnOutcome) -> bool:
+    """Whether writing this outcome would leave the instance row as it is: same status, not
+    finished (no output, error or end time), already started, no rollback result, and no
+    slot to take or give back."""
+    return (out.status == snap.status and not out.finished and out.rollback is None
+            and snap.started_at_ms is not None and wants_slot(out.status) == snap.slot)
 
 
 async def record_attempts_txn(

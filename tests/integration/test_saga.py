@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 from sdk import Client, WorkflowEntrypoint, WorkflowEvent, WorkflowStep
+from sdk.errors import NonRetryableError
 from tests.helpers import eventually
 from tests.stacks import Stack
 
@@ -85,6 +86,51 @@ async def test_terminate_with_rollback_compensates_then_ends_terminated(stack: S
     assert LEDGER == ["reserve", "charge", "undo charge", "undo reserve"]
     assert st.rollback == {"outcome": "complete", "error": None}
     assert (await _status(stack, plain.id)).rollback is None
+
+
+class Rebook(WorkflowEntrypoint):
+    """Books (waiting for the test's go-ahead), then pays: declined while ``DECLINE``."""
+
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        async def book() -> str:
+            await BOOKING_ALLOWED.wait()
+            return "booked"
+
+        async def pay() -> None:
+            if DECLINE:
+                raise NonRetryableError("card declined")
+
+        await step.do("book", book, rollback=lambda ctx: LEDGER.append("unbook"))
+        await step.do("pay", pay)
+
+
+BOOKING_ALLOWED = asyncio.Event()
+DECLINE = True
+
+
+async def test_restart_clears_the_rollback_of_the_run_it_discards(stack: Stack) -> None:
+    global DECLINE
+    LEDGER.clear()
+    BOOKING_ALLOWED.set()
+    DECLINE = True
+    async with stack.running([Rebook]) as client:
+        inst = await client.workflow("rebook").create()
+        st = await inst.wait_for_status("errored", timeout=10)
+        assert st.rollback == {"outcome": "complete", "error": None}
+        assert LEDGER == ["unbook"]
+        BOOKING_ALLOWED.clear()
+        DECLINE = False
+        await inst.restart()
+        # The new run is inside its first step: nothing of the old run's rollback remains.
+        async def booking() -> Any:
+            st = await inst.status()
+            return st if st.status == "running" and st.steps else None
+
+        running = await eventually(booking, timeout=10)
+        assert running.rollback is None
+        BOOKING_ALLOWED.set()
+        st = await inst.wait_for_status("complete", timeout=10)
+    assert st.rollback is None
 
 
 async def _status(stack: Stack, instance_id: str) -> Any:
