@@ -13,7 +13,7 @@ import asyncio
 import re
 import sqlite3
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import asyncpg
 import orjson
@@ -88,10 +88,14 @@ async def instance_state(probe: Probe, workflow: str, instance_id: str
     return str(status), None if output is None else orjson.loads(output)
 
 
-async def span_ms(probe: Probe, workflow: str) -> tuple[int, int]:
-    """``(first created_at_ms, last ended_at_ms)`` over the workflow's instances."""
+async def span_ms(
+    probe: Probe, workflow: str, since: Literal["created", "started"] = "created"
+) -> tuple[int, int]:
+    """``(first created_at_ms, last ended_at_ms)`` over the workflow's instances (with
+    ``since="started"``: the first ``started_at_ms`` instead)."""
+    first = "min(started_at_ms)" if since == "started" else "min(created_at_ms)"
     rows = await probe.fetch(
-        "SELECT min(created_at_ms), max(ended_at_ms) FROM warren_instances WHERE workflow = $1",
+        f"SELECT {first}, max(ended_at_ms) FROM warren_instances WHERE workflow = $1",
         workflow,
     )
     first, last = rows[0]
