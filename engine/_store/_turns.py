@@ -281,10 +281,10 @@ async def commit_txn(
     have changed them (no command, no admission, no other turn) and there is no lease to
     release, so an instance row is written only if its outcome changes it (a turn that
     applies one step's result and starts the next leaves it as it was). With
-    ``optimistic_slots`` too (and
-    none of the instances in the admission queue), slots are taken without locking the
-    gates and counted last (see ``engine._store._gates``); that raises ``SlotsContended``
-    when the caller must roll back and commit the turn again without ``optimistic_slots``.
+    ``optimistic_slots`` too (and none of the instances in the admission queue), slots are
+    taken without locking the gates and counted last (see ``engine._store._gates``); that
+    raises ``SlotsContended`` when the caller must roll back and commit the turn again
+    without ``optimistic_slots``.
     ``Committed.slots_open`` then says whether to try optimistically again.
     """
     pks = [snap.pk for snap, _ in results]
