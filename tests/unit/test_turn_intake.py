@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from broker import Delivery, Envelope, Exchange
-from engine._intake import Intake
+from engine._intake import SHORT_BATCH_DIVISOR, Intake
 
 
 class _Delivery(Delivery):
@@ -67,3 +67,19 @@ def test_an_intake_needs_a_batch_and_a_lane() -> None:
         Intake(batch_size=0, new_work_lanes=1)
     with pytest.raises(ValueError):
         Intake(batch_size=1, new_work_lanes=0)
+
+
+async def test_new_work_comes_in_short_batches_only_while_timers_are_due_soon() -> None:
+    timers_held = False
+    intake = Intake(batch_size=100, new_work_lanes=1, timers_due_soon=lambda: timers_held)
+    for d in _creates(300):
+        intake.put("wf", d)
+    long = await intake.take()
+    assert len(long.items) == 100
+    intake.done(long)
+    timers_held = True  # a wake-up is held: a long batch could make it late
+    short = await intake.take()
+    assert len(short.items) == 100 // SHORT_BATCH_DIVISOR
+    intake.done(short)
+    timers_held = False
+    assert len((await intake.take()).items) == 100
