@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -40,22 +41,24 @@ async def ensure_workflows_txn(conn: AsyncConnection, names: Sequence[str], now_
 async def create_instances_txn(
     conn: AsyncConnection, workflow: str, items: Sequence[NewInstance], now_ms: int
 ) -> None:
-    """Insert ``queued`` instances, all or none.
+    """Insert ``queued`` instances, all or none (in the caller's transaction).
+
+    One statement: an id that exists already is skipped by the insert and named by the
+    error, which rolls the others back with the caller's transaction.
 
     Raises:
-        InstanceExistsError: naming the ids that exist already.
+        InstanceExistsError: naming the ids that exist already (or come twice).
     """
     ids = [i.instance_id for i in items]
-    existing = (await conn.execute(
-        select(instances.c.instance_id)
-        .where(instances.c.workflow == workflow, instances.c.instance_id.in_(ids))
+    twice = [i for i, n in Counter(ids).items() if n > 1]
+    created = [] if twice else (await conn.execute(
+        _INSERT_NEW[conn.dialect.name], [_new_row(workflow, i, now_ms) for i in items]
     )).scalars().all()
-    if existing or len(set(ids)) != len(ids):
-        dupes = sorted(set(existing) | {i for i in ids if ids.count(i) > 1})
+    if twice or len(created) != len(ids):
+        dupes = sorted(set(twice) | (set(ids) - set(created)))
         raise InstanceExistsError(
             f"workflow {workflow!r} already has instance(s) with id {', '.join(dupes)}"
         )
-    await conn.execute(insert(instances), [_new_row(workflow, i, now_ms) for i in items])
 
 
 async def create_from_message_txn(
@@ -79,6 +82,12 @@ async def create_from_message_txn(
         .where(instances.c.workflow == workflow, instances.c.instance_id == item.instance_id)
     )).scalar_one()
     return "same" if token == item.token else "duplicate"
+
+
+_INSERT_NEW = {
+    name: insert_(instances).on_conflict_do_nothing().returning(instances.c.instance_id)
+    for name, insert_ in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+}
 
 
 def _new_row(workflow: str, item: NewInstance, now_ms: int) -> dict[str, Any]:
