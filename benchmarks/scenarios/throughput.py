@@ -62,8 +62,12 @@ async def warren_throughput(engine: str, opts: Options, n: int, workers: int,
             cpu_before = target.worker_cpu_seconds()
         await wait_complete(target, WORKFLOW, n, limit_s=120 + n * 0.2,
                             interval=0.05)
-        first_started_ms, last_ms = await span_ms(target.probe, WORKFLOW, since="started")
-        elapsed = (last_ms - first_started_ms) / 1000 if backlog else last_ms / 1000 - t0
+        if backlog:
+            first_ms, last_ms = await span_ms(target.probe, WORKFLOW, since="started")
+            elapsed = (last_ms - first_ms) / 1000
+        else:
+            _, last_ms = await span_ms(target.probe, WORKFLOW)
+            elapsed = last_ms / 1000 - t0
         cpu_s = target.worker_cpu_seconds() - cpu_before
         rss = target.worker_rss_bytes()
         await target.stop_workers()  # makes PostgreSQL publish their final counters

@@ -6,12 +6,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import bindparam, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine._history import FINISHED_STATUSES
 from engine._store._batching import padded
+from engine._store._dialects import conflict_insert
 from engine._store._schema import events, instances
 
 
@@ -50,7 +49,7 @@ async def store_events_txn(
         if e.instance_id in found and found[e.instance_id].status not in FINISHED_STATUSES
     ]
     if rows:
-        insert_ = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+        insert_ = conflict_insert(conn)
         await conn.execute(insert_(events).on_conflict_do_nothing(), rows)
     return [str(found[e.instance_id].status) if e.instance_id in found else None
             for e in incoming]

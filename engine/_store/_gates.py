@@ -28,12 +28,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import bindparam, func, or_, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import _history as h
 from engine._store._batching import padded
+from engine._store._dialects import conflict_insert
 from engine._store._schema import gates, instances
 
 ALL = "*"
@@ -114,7 +113,7 @@ async def configure_txn(
     conn: AsyncConnection, configs: Mapping[str, GateConfig], global_limit: int, now_ms: int
 ) -> None:
     """Create or update the gate rows of served workflows and the global row."""
-    insert_ = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    insert_ = conflict_insert(conn)
     rows = [{"workflow": name, "max_running": c.max_running, "rate": c.rate}
             for name, c in sorted(configs.items())]
     rows.append({"workflow": ALL, "max_running": global_limit, "rate": None})  # lock order
@@ -149,7 +148,7 @@ async def _lock_gates(
 
 
 async def _store_gates(conn: AsyncConnection, touched: Iterable[_Gate]) -> None:
-    insert_ = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    insert_ = conflict_insert(conn)
     stored = []
     for gate in touched:
         values = {"running": max(0, gate.running), "queued": max(0, gate.queued),

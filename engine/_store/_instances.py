@@ -10,12 +10,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import _history as h
 from engine._codec import decode_json
+from engine._store._dialects import CONFLICT_INSERTS, conflict_insert
 from engine._store._schema import instances, step_attempts, steps, workflows
 from sdk.errors import InstanceExistsError
 
@@ -31,7 +30,7 @@ class NewInstance:
 
 async def ensure_workflows_txn(conn: AsyncConnection, names: Sequence[str], now_ms: int) -> None:
     """Record the workflows a worker serves (idempotent)."""
-    insert_ = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    insert_ = conflict_insert(conn)
     await conn.execute(
         insert_(workflows).on_conflict_do_nothing(),
         [{"name": n, "created_at_ms": now_ms} for n in names],
@@ -70,7 +69,7 @@ async def create_from_message_txn(
         ``"created"``; ``"same"`` if a row with this id and token exists (the client inserted
         it, or this is a redelivery); ``"duplicate"`` if the id belongs to another creation.
     """
-    insert_ = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    insert_ = conflict_insert(conn)
     created = (await conn.execute(
         insert_(instances).values(**_new_row(workflow, item, now_ms))
         .on_conflict_do_nothing().returning(instances.c.pk)
@@ -86,7 +85,7 @@ async def create_from_message_txn(
 
 _INSERT_NEW = {
     name: insert_(instances).on_conflict_do_nothing().returning(instances.c.instance_id)
-    for name, insert_ in (("postgresql", pg_insert), ("sqlite", sqlite_insert))
+    for name, insert_ in CONFLICT_INSERTS.items()
 }
 
 

@@ -11,11 +11,10 @@ from collections.abc import Sequence
 
 import orjson
 from sqlalchemy import and_, bindparam, delete, func, or_, select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import _history as h
+from engine._store._dialects import conflict_insert
 from engine._store._locking import joined, locked
 from engine._store._schema import (
     engine_leases,
@@ -39,7 +38,7 @@ async def take_lease_txn(
 ) -> bool:
     """Take or renew the named engine lease; True if ``owner`` holds it now."""
     c = engine_leases.c
-    insert_ = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    insert_ = conflict_insert(conn)
     await conn.execute(insert_(engine_leases).values(name=name, owner=None, expires_at_ms=0)
                        .on_conflict_do_nothing())
     result = await conn.execute(

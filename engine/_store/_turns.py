@@ -27,8 +27,6 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.expression import Executable
 
@@ -37,6 +35,7 @@ from engine import _history as h
 from engine._codec import decode_json, encode_json
 from engine._replay import TurnOutcome
 from engine._store._batching import padded
+from engine._store._dialects import CONFLICT_INSERTS
 from engine._store._gates import (
     NEW,
     WOKEN,
@@ -105,28 +104,21 @@ _RECORD_STEP = update(steps).where(
     error=bindparam("b_error"), ended_at_ms=bindparam("b_ended"),
     heartbeat_at_ms=bindparam("b_ended"),
 )
-_STEP_WRITTEN = ("name", "count", "kind", "start_seq", "completed_seq", "state", "attempt",
-                 "attempt_outcome", "output", "error", "config", "wake_at_ms", "started_at_ms",
-                 "ended_at_ms", "worker", "heartbeat_at_ms")
-"""The ``warren_steps`` columns a turn writes (``step_values`` and ``_runner``)."""
-
-
 def _upsert_steps(insert_: Callable[[Table], Any]) -> Executable:
     stmt = insert_(steps)
     upsert: Executable = stmt.on_conflict_do_update(
         index_elements=[_s.instance_pk, _s.step_key],
-        set_={**{name: stmt.excluded[name] for name in _STEP_WRITTEN},
-              # a step row written without a new attempt keeps the token it has
+        # A turn writes every column of the rows it writes (``step_values`` and ``_runner``);
+        # a row written without a new attempt keeps the token it has.
+        set_={**{c.name: stmt.excluded[c.name] for c in steps.c
+                 if not c.primary_key and c.name != "attempt_token"},
               "attempt_token": func.coalesce(stmt.excluded.attempt_token, _s.attempt_token)},
     )
     return upsert
 
 
-_UPSERT_STEPS = {"postgresql": _upsert_steps(pg_insert), "sqlite": _upsert_steps(sqlite_insert)}
+_UPSERT_STEPS = {name: _upsert_steps(insert_) for name, insert_ in CONFLICT_INSERTS.items()}
 _INSERT_ATTEMPTS = insert(step_attempts)
-_SET_ATTEMPT_TOKEN = update(steps).where(
-    _s.instance_pk == bindparam("b_pk"), _s.step_key == bindparam("b_key"),
-).values(attempt_token=bindparam("b_token"))
 _UPDATE_INSTANCE = update(instances).where(_i.pk == bindparam("b_pk"))
 _a = step_attempts.c
 _RECORD_ATTEMPT = update(step_attempts).where(
@@ -338,21 +330,16 @@ async def commit_txn(
     await _finish_txn(conn, [(snap, out) for snap, out in kept
                              if out.finished and out.loose_ends])
     # New steps and changed ones in one upsert (a turn typically ends one step and starts
-    # the next), each with the token of the attempt it starts, if any.
+    # the next), each with the token of the attempt it starts, if any: replay puts the step
+    # of every attempt it starts among the inserted or the changed ones.
     tokens = {(snap.pk, a.key): a.token for snap, out in kept for a in out.attempts}
     written = [(snap.pk, r) for snap, out in kept for r in (*out.inserted, *out.updated)]
     if written:
         await conn.execute(_UPSERT_STEPS[conn.dialect.name], sorted_params([
             {"instance_pk": pk, "step_key": r.key, **step_values(r), **_runner(r, worker, now_ms),
-             "attempt_token": tokens.pop((pk, r.key), None)}
+             "attempt_token": tokens.get((pk, r.key))}
             for pk, r in written
         ], "instance_pk", "step_key"))
-    if tokens:  # attempts of steps this turn did not write (none are known; kept as a net)
-        await conn.execute(
-            _SET_ATTEMPT_TOKEN,
-            sorted_params([{"b_pk": pk, "b_key": key, "b_token": token}
-                           for (pk, key), token in tokens.items()], "b_pk", "b_key"),
-        )
     attempts = [(snap.pk, a) for snap, out in kept for a in out.attempts]
     if attempts:
         await conn.execute(_INSERT_ATTEMPTS, [
