@@ -14,7 +14,7 @@ import contextlib
 import hashlib
 import itertools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -39,6 +39,11 @@ from engine._lifecycle import lifecycle_message
 from engine._replay import InstanceRun, TurnOutcome
 from engine._resume_cache import KeptRun, ResumeCache
 from engine._runner import StepJob, StepRunner
+from engine._store._continuations import (
+    Continuation,
+    continue_in_one_statement,
+    only_continues,
+)
 from engine._store._database import Database
 from engine._store._events import IncomingEvent, store_events_txn
 from engine._store._gates import SlotsContended
@@ -80,6 +85,15 @@ class _Turn:
     def found(self) -> set[str]:
         """Ids that exist and are not finished (leased here or elsewhere)."""
         return {s.instance_id for s in self.leased.snapshots} | set(self.leased.busy)
+
+    def add(self, other: _Turn) -> _Turn:
+        """This turn with ``other`` (another part of it, same workflow) counted in."""
+        self.leased.snapshots += other.leased.snapshots
+        self.leased.busy += other.leased.busy
+        self.leased.restarted += other.leased.restarted
+        self.decided += other.decided
+        self.done.add(other.done)
+        return self
 
 
 class TurnLoop:
@@ -322,6 +336,80 @@ class TurnLoop:
     async def _decide_and_commit(
         self, workflow: str, instance_ids: list[str], results: Sequence[AttemptResult]
     ) -> _Turn:
+        """Run the turns of ``instance_ids`` that store and apply ``results``.
+
+        On PostgreSQL, the instances whose runs are kept here and only continue (a step
+        ends, the next starts) are written in one statement first (see
+        ``engine._store._continuations``); the others take the general turn.
+        """
+        kept = self._kept.take(workflow, instance_ids)
+        if not (results and kept and self._db.dialect == "postgresql"):
+            return await self._general_turn(workflow, instance_ids, results, kept)
+        continued, ahead, kept = await self._continue(workflow, instance_ids, kept, results)
+        written = continued.done.held
+        rest = [i for i in instance_ids
+                if i not in {s.instance_id for s in continued.leased.snapshots}]
+        if not rest:
+            return continued
+        return continued.add(await self._general_turn(
+            workflow, rest, [r for r in results if r.instance_pk not in written], kept, ahead))
+
+    async def _continue(
+        self, workflow: str, instance_ids: list[str], kept: dict[int, KeptRun],
+        results: Sequence[AttemptResult],
+    ) -> tuple[_Turn, dict[int, TurnOutcome], dict[int, KeptRun]]:
+        """Resume the kept runs that ``results`` concern; if all of ``instance_ids`` only
+        continue, write their turns in one statement, unless their instances changed
+        meanwhile. (If some need the general turn, all take it: a second commit per batch
+        would cost more than the statements it saves, 10 % of steps/s in ``throughput``.)
+
+        Returns that turn, the outcomes decided for the runs not written (moved on, they
+        cannot resume again: their general turn takes the outcome if the instance is still
+        as the run saw it, else it replays), and the runs not resumed, still kept.
+        """
+        now = now_ms()
+        ended: dict[int, list[AttemptResult]] = {}
+        for result in results:
+            ended.setdefault(result.instance_pk, []).append(result)
+        continuing: list[Continuation] = []
+        ahead: dict[int, TurnOutcome] = {}
+        runs: dict[int, InstanceRun] = {}
+        resumed: dict[int, KeptRun] = {}
+        for pk in [pk for pk in kept if pk in ended]:
+            taken = kept.pop(pk)
+            run = taken.run
+            # The instance as this run's last turn left it, leased at the next fence.
+            snapshot = replace(run.instance, fence=taken.fence, status=h.STATUS_RUNNING,
+                               slot=True, control=None, paused=False, admit_priority=None,
+                               steps=[], events=[])
+            try:
+                outcome = run.resume(snapshot, now, ended[pk])
+            except Exception:  # as in _replay; the general turn replays it from its history
+                log.exception("resume crashed", workflow=workflow,
+                              instance=snapshot.instance_id)
+                continue
+            runs[pk], resumed[pk] = run, taken
+            if only_continues(outcome):
+                continuing.append(Continuation(snapshot, outcome, ended[pk]))
+            else:
+                ahead[pk] = outcome
+        written: set[int] = set()
+        if continuing and len(continuing) == len(instance_ids):
+            async with self._db.autocommit() as conn:
+                written = await continue_in_one_statement(conn, continuing, self._worker_id,
+                                                          now)
+        ahead.update((c.snapshot.pk, c.outcome) for c in continuing
+                     if c.snapshot.pk not in written)
+        decided = [(c.snapshot, c.outcome) for c in continuing if c.snapshot.pk in written]
+        done = Committed(held=written)
+        self._keep(workflow, decided, runs, done)
+        kept.update((pk, resumed[pk]) for pk in ahead)
+        return _Turn(workflow, Leased([s for s, _ in decided], []), decided, done), ahead, kept
+
+    async def _general_turn(
+        self, workflow: str, instance_ids: list[str], results: Sequence[AttemptResult],
+        kept: dict[int, KeptRun], ahead: Mapping[int, TurnOutcome] | None = None,
+    ) -> _Turn:
         """Lock, store ``results``, load, replay (or resume) and commit, in one transaction.
 
         Holding the instance rows for the whole turn costs a concurrent turn of the same
@@ -331,14 +419,15 @@ class TurnLoop:
         """
         owner = self._new_owner()
         now = now_ms()
-        kept = self._kept.take(workflow, instance_ids)
+        ahead = ahead or {}
         optimistic = self._slots_open.get(workflow, True)
         try:
             async with self._db.transaction() as conn:
                 leased = await acquire_txn(
                     conn, workflow, instance_ids, owner, now, self._lease_ms, results=results,
-                    known_fences={pk: k.fence for pk, k in kept.items()}, lease=False)
-                decided, runs = self._replay(workflow, leased, now, kept, results)
+                    known_fences={pk: k.fence for pk, k in kept.items()}, lease=False,
+                    decided_ahead=set(ahead))
+                decided, runs = self._replay(workflow, leased, now, kept, results, ahead)
                 done = (await commit_txn(conn, owner, decided, self._worker_id, now,
                                          locked_in_this_transaction=True,
                                          optimistic_slots=optimistic)
@@ -351,7 +440,7 @@ class TurnLoop:
             # Rolled back: redo the whole turn, settling slots under the gates' locks (the
             # runs taken were advanced by the attempt: the redo replays them).
             self._slots_open[workflow] = False
-            return await self._decide_and_commit(workflow, instance_ids, results)
+            return await self._general_turn(workflow, instance_ids, results, {})
         except ValidationError:
             log.warning("a turn outcome cannot be stored; committing instance by instance",
                         workflow=workflow)
@@ -390,10 +479,12 @@ class TurnLoop:
     def _replay(
         self, workflow: str, leased: Leased, now: int,
         kept: Mapping[int, KeptRun] | None = None, results: Sequence[AttemptResult] = (),
+        ahead: Mapping[int, TurnOutcome] | None = None,
     ) -> tuple[list[tuple[h.InstanceSnapshot, TurnOutcome]], dict[int, InstanceRun]]:
         """Decide each leased instance's turn (no I/O): resume the kept runs whose history
-        was not loaded (``leased.resumable``), replay the others. Returns the decisions and
-        the runs that made them."""
+        was not loaded (``leased.resumable``), or take the outcome they decided ahead of
+        the lock, and replay the others. Returns the decisions and the runs that made
+        them."""
         cls = self._workflows[workflow]
         ended: dict[int, list[AttemptResult]] = {}
         for result in results:
@@ -408,7 +499,8 @@ class TurnLoop:
             try:
                 if snapshot.pk in leased.resumable:
                     run = (kept or {})[snapshot.pk].run
-                    outcome = run.resume(snapshot, now, ended.get(snapshot.pk, ()))
+                    outcome = ((ahead or {}).get(snapshot.pk)
+                               or run.resume(snapshot, now, ended.get(snapshot.pk, ())))
                 else:
                     run = InstanceRun(cls, snapshot, now)
                     outcome = run.run()
@@ -466,10 +558,7 @@ class TurnLoop:
                     part = await commit_txn(conn, owner, [result], self._worker_id, now)
             except ValidationError:
                 part = await self._commit_unstorable(owner, result, now)
-            done.held |= part.held
-            done.again |= part.again
-            done.denied |= part.denied
-            done.admitted += part.admitted
+            done.add(part)
         return done
 
     async def _commit_unstorable(

@@ -79,6 +79,15 @@ class Database:
             yield conn
 
     @asynccontextmanager
+    async def autocommit(self) -> AsyncIterator[AsyncConnection]:
+        """A connection on which each statement is its own transaction (PostgreSQL): for a
+        write that is one statement, it saves the ``BEGIN`` and ``COMMIT`` round trips."""
+        if self.dialect != "postgresql":
+            raise ValidationError("autocommit statements are used on PostgreSQL only")
+        async with self.engine.connect() as conn:
+            yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+
+    @asynccontextmanager
     async def reading(self) -> AsyncIterator[AsyncConnection]:
         """A connection for reads (no write lock on SQLite)."""
         async with self.engine.connect() as conn:

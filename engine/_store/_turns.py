@@ -151,6 +151,7 @@ async def acquire_txn(
     conn: AsyncConnection, workflow: str, instance_ids: Sequence[str], owner: str,
     now_ms: int, lease_ms: int, results: Sequence[h.AttemptResult] = (),
     known_fences: Mapping[int, int] | None = None, *, lease: bool = True,
+    decided_ahead: Set[int] = frozenset(),
 ) -> Leased:
     """Lease the runnable instances among ``instance_ids``; flag the ones leased elsewhere.
 
@@ -165,6 +166,9 @@ async def acquire_txn(
     order of every transaction that writes both, so this one cannot deadlock with a commit.
     ``known_fences`` maps instance pks to the fence at which the caller holds their history
     in memory (see ``engine._resume_cache``); leased at that fence, their steps are not loaded.
+    Among those, runs that already decided this turn (``decided_ahead``, see
+    ``engine._store._continuations``) count as resumable only if the instance is as they
+    saw it: running with a slot, no event waiting.
     """
     rows = (await conn.execute(_LEASE if lease else _LOCK, {
         "b_workflow": workflow, "b_ids": padded(instance_ids), "b_now": now_ms,
@@ -174,7 +178,8 @@ async def acquire_txn(
     mine = [r for r in rows if r.lease_owner == taker]
     known = known_fences or {}
     resumable = {r.pk for r in mine if known.get(r.pk) == r.fence
-                 and r.control is None and not r.paused}
+                 and r.control is None and not r.paused
+                 and (r.pk not in decided_ahead or _as_decided(r))}
     if results:
         await record_attempts_txn(conn, results, applied_in_memory=resumable)
     snapshots = [
@@ -208,6 +213,11 @@ async def acquire_txn(
                 by_pk[row.instance_pk].events.append(h.PendingEvent(
                     row.pk, row.event_type, decode_json(row.payload), row.received_at_ms))
     return leased
+
+
+def _as_decided(row: Any) -> bool:
+    """Whether a locked instance is as a run deciding ahead of its lock saw it."""
+    return row.status == h.STATUS_RUNNING and row.slot and not row.has_events
 
 
 async def reset_history_txn(
@@ -258,6 +268,15 @@ class Committed:
     denied: set[int] = field(default_factory=set)
     admitted: list[tuple[str, str]] = field(default_factory=list)
     slots_open: bool | None = None
+
+    def add(self, other: Committed) -> None:
+        """Count ``other``'s instances (another part of the same turn) in with these."""
+        self.held |= other.held
+        self.again |= other.again
+        self.denied |= other.denied
+        self.admitted += other.admitted
+        if other.slots_open is not None:
+            self.slots_open = other.slots_open
 
 
 async def commit_txn(
@@ -332,21 +351,12 @@ async def commit_txn(
     # New steps and changed ones in one upsert (a turn typically ends one step and starts
     # the next), each with the token of the attempt it starts, if any: replay puts the step
     # of every attempt it starts among the inserted or the changed ones.
-    tokens = {(snap.pk, a.key): a.token for snap, out in kept for a in out.attempts}
-    written = [(snap.pk, r) for snap, out in kept for r in (*out.inserted, *out.updated)]
+    written = step_rows(kept, worker, now_ms)
     if written:
-        await conn.execute(_UPSERT_STEPS[conn.dialect.name], sorted_params([
-            {"instance_pk": pk, "step_key": r.key, **step_values(r), **_runner(r, worker, now_ms),
-             "attempt_token": tokens.get((pk, r.key))}
-            for pk, r in written
-        ], "instance_pk", "step_key"))
-    attempts = [(snap.pk, a) for snap, out in kept for a in out.attempts]
+        await conn.execute(_UPSERT_STEPS[conn.dialect.name], written)
+    attempts = attempt_rows(kept, now_ms)
     if attempts:
-        await conn.execute(_INSERT_ATTEMPTS, [
-            {"instance_pk": pk, "step_key": a.key, "attempt": a.attempt, "token": a.token,
-             "started_at_ms": now_ms, "ended_at_ms": None, "success": None, "error": None}
-            for pk, a in attempts
-        ])
+        await conn.execute(_INSERT_ATTEMPTS, attempts)
     cleared = [(snap.pk, key) for snap, out in kept
                for key in [*out.timers_cleared, *out.timers_set]]
     if cleared:
@@ -381,6 +391,28 @@ async def _finish_txn(
     doomed = locked(steps, steps.c.instance_pk.in_(padded(pks)), steps.c.state == h.RUNNING)
     await conn.execute(update(steps).where(joined(steps, doomed))
                        .values(attempt_token=None, heartbeat_at_ms=None))
+
+
+def step_rows(
+    kept: Sequence[tuple[h.InstanceSnapshot, TurnOutcome]], worker: str, now_ms: int
+) -> list[dict[str, Any]]:
+    """The ``warren_steps`` rows a turn writes (new steps and changed ones), in lock order,
+    each with the token of the attempt it starts, if any."""
+    tokens = {(snap.pk, a.key): a.token for snap, out in kept for a in out.attempts}
+    return sorted_params([
+        {"instance_pk": snap.pk, "step_key": r.key, **step_values(r),
+         **_runner(r, worker, now_ms), "attempt_token": tokens.get((snap.pk, r.key))}
+        for snap, out in kept for r in (*out.inserted, *out.updated)
+    ], "instance_pk", "step_key")
+
+
+def attempt_rows(
+    kept: Sequence[tuple[h.InstanceSnapshot, TurnOutcome]], now_ms: int
+) -> list[dict[str, Any]]:
+    """The attempt log rows of the attempts a turn starts."""
+    return [{"instance_pk": snap.pk, "step_key": a.key, "attempt": a.attempt, "token": a.token,
+             "started_at_ms": now_ms, "ended_at_ms": None, "success": None, "error": None}
+            for snap, out in kept for a in out.attempts]
 
 
 def _runner(record: h.StepRecord, worker: str, now_ms: int) -> dict[str, Any]:

@@ -5,11 +5,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import asyncio
+
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, select
+
+from engine._store._schema import instances
 
 from broker import Envelope, OutgoingMessage
 from sdk import WorkflowEntrypoint, WorkflowEvent, WorkflowStep
+from tests.helpers import eventually
 from tests.stacks import Stack
 
 
@@ -73,3 +78,80 @@ async def test_a_turn_writes_the_instance_row_only_when_its_outcome_changes_it(
     assert instance_writes == 2 * len(instances)
     # Ending one step and starting the next is one upsert, not an update and an insert.
     assert step_writes and all("ON CONFLICT" in s for s in step_writes), step_writes
+
+
+async def test_on_postgresql_a_turn_that_only_continues_is_one_statement(stack: Stack) -> None:
+    """Ending one step and starting the next skips the lock, BEGIN and COMMIT on PostgreSQL;
+    the first turn (it takes a slot) and the last (it ends the instance) lock as ever."""
+    worker = stack.worker([FiveSteps])
+    locks = continuations = 0
+
+    def count(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
+              executemany: bool) -> None:
+        nonlocal locks, continuations
+        if statement.startswith("UPDATE warren_instances SET fence=CASE"):
+            locks += 1
+        elif statement.lstrip().startswith("WITH wanted AS"):
+            continuations += 1
+
+    event.listen(worker.db.engine.sync_engine, "before_cursor_execute", count)
+    async with worker, stack.client() as client:
+        inst = await client.workflow("five-steps").create(id="one-statement")
+        assert (await inst.wait_for_status("complete", timeout=20)).output == 10
+    if stack.database_url.startswith("postgresql"):
+        assert (locks, continuations) == (2, 4)
+    else:
+        assert (locks, continuations) == (6, 0)
+
+
+STEP_MAY_END = asyncio.Event()
+STEP_STARTED = asyncio.Event()
+
+
+async def _held_step() -> str:
+    STEP_STARTED.set()
+    await STEP_MAY_END.wait()
+    return "held"
+
+
+class EarlyEvent(WorkflowEntrypoint):
+    """Its event arrives while a step runs, before ``run()`` waits for it."""
+
+    name = "early-event"
+
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        held = await step.do("held", _held_step)
+        got = await step.wait_for_event("go", "go", timeout="1 hour")
+        return [held, got.payload]
+
+
+async def test_an_event_stored_while_a_step_runs_is_taken_when_the_run_reaches_its_wait(
+    stack: Stack,
+) -> None:
+    """The turn after the step decides ahead of its lock that the run now waits; the event
+    already stored must make the general turn replay with it instead of committing a wait
+    that nothing would ever end."""
+    STEP_STARTED.clear()
+    STEP_MAY_END.clear()
+    worker = stack.worker([EarlyEvent])
+    async with worker, stack.client() as client:
+        inst = await client.workflow("early-event").create(id="early")
+        await asyncio.wait_for(STEP_STARTED.wait(), 10)
+
+        async def fence() -> int:
+            async with worker.db.reading() as conn:
+                return int((await conn.execute(select(instances.c.fence).where(
+                    instances.c.instance_id == "early"))).scalar_one())
+
+        before = await fence()
+        await inst.send_event("go", {"n": 1})
+        # The event's own turn has run (it found the run still in its step) once the fence
+        # moved: only then is the event stored and unconsumed, as this test needs.
+        await eventually(lambda: _moved(fence, before), timeout=10, message="event turn")
+        STEP_MAY_END.set()
+        status = await inst.wait_for_status("complete", timeout=10)
+    assert status.output == ["held", {"n": 1}]
+
+
+async def _moved(fence: Any, before: int) -> bool:
+    return bool(await fence() > before)
