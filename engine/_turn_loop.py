@@ -338,9 +338,10 @@ class TurnLoop:
     ) -> _Turn:
         """Run the turns of ``instance_ids`` that store and apply ``results``.
 
-        On PostgreSQL, the instances whose runs are kept here and only continue (a step
-        ends, the next starts) are written in one statement first (see
-        ``engine._store._continuations``); the others take the general turn.
+        On PostgreSQL, when the runs of all these instances are kept here and all only
+        continue (a step ends, the next starts), the turns are one statement (see
+        ``engine._store._continuations``); whatever it does not take, or any other batch,
+        takes the general turn.
         """
         kept = self._kept.take(workflow, instance_ids)
         if not (results and kept and self._db.dialect == "postgresql"):
@@ -499,8 +500,9 @@ class TurnLoop:
             try:
                 if snapshot.pk in leased.resumable:
                     run = (kept or {})[snapshot.pk].run
-                    outcome = ((ahead or {}).get(snapshot.pk)
-                               or run.resume(snapshot, now, ended.get(snapshot.pk, ())))
+                    decided_ahead = (ahead or {}).get(snapshot.pk)
+                    outcome = (decided_ahead if decided_ahead is not None
+                               else run.resume(snapshot, now, ended.get(snapshot.pk, ())))
                 else:
                     run = InstanceRun(cls, snapshot, now)
                     outcome = run.run()

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
-
-import asyncio
 
 import pytest
 from sqlalchemy import event, select
 
-from engine._store._schema import instances
-
 from broker import Envelope, OutgoingMessage
+from engine._store._schema import instances
 from sdk import WorkflowEntrypoint, WorkflowEvent, WorkflowStep
 from tests.helpers import eventually
 from tests.stacks import Stack
