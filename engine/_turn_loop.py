@@ -369,9 +369,7 @@ class TurnLoop:
         as the run saw it, else it replays), and the runs not resumed, still kept.
         """
         now = now_ms()
-        ended: dict[int, list[AttemptResult]] = {}
-        for result in results:
-            ended.setdefault(result.instance_pk, []).append(result)
+        ended = _by_instance(results)
         continuing: list[Continuation] = []
         ahead: dict[int, TurnOutcome] = {}
         runs: dict[int, InstanceRun] = {}
@@ -487,9 +485,7 @@ class TurnLoop:
         the lock, and replay the others. Returns the decisions and the runs that made
         them."""
         cls = self._workflows[workflow]
-        ended: dict[int, list[AttemptResult]] = {}
-        for result in results:
-            ended.setdefault(result.instance_pk, []).append(result)
+        ended = _by_instance(results)
         decided: list[tuple[h.InstanceSnapshot, TurnOutcome]] = []
         runs: dict[int, InstanceRun] = {}
         for snapshot in leased.snapshots:
@@ -615,6 +611,14 @@ def _incoming_event(workflow: str, delivery: Delivery) -> IncomingEvent:
     except orjson.JSONDecodeError as exc:
         raise ValidationError(f"event payload is not JSON: {exc}") from None
     return IncomingEvent(instance_id, event_type, delivery.body.decode(), delivery.message_id)
+
+
+def _by_instance(results: Sequence[AttemptResult]) -> dict[int, list[AttemptResult]]:
+    """Ended attempts grouped by instance pk, in their order."""
+    ended: dict[int, list[AttemptResult]] = {}
+    for result in results:
+        ended.setdefault(result.instance_pk, []).append(result)
+    return ended
 
 
 def _retry_later(workflow: str, instance_ids: Iterable[str]) -> list[OutgoingMessage]:

@@ -28,7 +28,6 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import _history as h
 from engine._replay import TurnOutcome
-from engine._store._gates import wants_slot
 from engine._store._schema import events, instances, step_attempts, steps
 from engine._store._turns import attempt_rows, step_rows
 
@@ -45,10 +44,10 @@ class Continuation:
 
 def only_continues(outcome: TurnOutcome) -> bool:
     """Whether a running instance's turn outcome only ends steps and starts others: it
-    stays running, holds on to its slot, and sets, clears or consumes nothing else."""
-    return (outcome.status == h.STATUS_RUNNING and wants_slot(outcome.status)
-            and outcome.rollback is None and not outcome.timers_set
-            and not outcome.timers_cleared and not outcome.events_consumed)
+    stays running (so it keeps its slot), and sets, clears or consumes nothing else."""
+    return (outcome.status == h.STATUS_RUNNING and outcome.rollback is None
+            and not outcome.timers_set and not outcome.timers_cleared
+            and not outcome.events_consumed)
 
 
 def _columns(names: Sequence[str]) -> str:

@@ -83,7 +83,7 @@ class Database:
         """A connection on which each statement is its own transaction (PostgreSQL): for a
         write that is one statement, it saves the ``BEGIN`` and ``COMMIT`` round trips."""
         if self.dialect != "postgresql":
-            raise ValidationError("autocommit statements are used on PostgreSQL only")
+            raise RuntimeError("autocommit statements are used on PostgreSQL only")
         async with self.engine.connect() as conn:
             yield await conn.execution_options(isolation_level="AUTOCOMMIT")
 
