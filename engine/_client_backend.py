@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import builtins
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import orjson
 from sqlalchemy.exc import IntegrityError
 
-from broker import STORED_HEADER, Broker, OutgoingMessage, broker_from_url, turn_message
+from broker import Broker, OutgoingMessage, broker_from_url, turn_message
+from engine._announced import Announcement
 from engine._clock import now_ms
 from engine._codec import encode_json
 from engine._create_group import CreateGroups
@@ -81,16 +82,22 @@ class EngineClientBackend:
         await self._creates.create(workflow, new)
         return [n.instance_id for n in new]
 
-    async def _store_new(self, workflow: str, new: Sequence[NewInstance]) -> None:
+    async def _store_new(
+        self, workflow: str, new: Sequence[NewInstance]
+    ) -> dict[str, Announcement]:
+        created_at_ms = now_ms()
         try:
             async with self._db.transaction() as conn:
-                await create_instances_txn(conn, workflow, new, now_ms())
+                pks = await create_instances_txn(conn, workflow, new, created_at_ms)
         except IntegrityError:  # a concurrent create took an id between check and insert
             ids = ", ".join(n.instance_id for n in new)
             raise InstanceExistsError(
                 f"workflow {workflow!r} already has an instance with id among: {ids}") from None
+        return {iid: Announcement(pk, created_at_ms) for iid, pk in pks.items()}
 
-    async def _announce_new(self, workflow: str, new: Sequence[NewInstance]) -> None:
+    async def _announce_new(
+        self, workflow: str, new: Sequence[NewInstance], rows: Mapping[str, Announcement]
+    ) -> None:
         if workflow not in self._declared:
             # Lets clients create instances before any worker has started.
             await self._broker.declare_workflow(workflow)
@@ -101,7 +108,7 @@ class EngineClientBackend:
             *(OutgoingMessage(
                 "create", workflow,
                 orjson.dumps({"id": n.instance_id, "params": orjson.Fragment(n.params)}),
-                message_id=n.token, headers={STORED_HEADER: "1"},
+                message_id=n.token, headers=rows[n.instance_id].headers(),
             ) for n in new),
             *(lifecycle_message(workflow, n.instance_id, "instance.queued", {}) for n in new),
         ])

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
 
+from engine._announced import Announcement
 from engine._store._instances import NewInstance
 from sdk.errors import InstanceExistsError
 
@@ -26,9 +27,10 @@ log = structlog.get_logger("warren.client")
 MAX_GROUP_ITEMS = 500
 
 #: Stores instances in one transaction, all or none; raises InstanceExistsError on a taken id.
-Store = Callable[[str, Sequence[NewInstance]], Awaitable[None]]
+#: Returns what their create messages announce about the rows, by instance id.
+Store = Callable[[str, Sequence[NewInstance]], Awaitable[Mapping[str, Announcement]]]
 #: Publishes the create messages of stored instances and waits for the broker's confirms.
-Announce = Callable[[str, Sequence[NewInstance]], Awaitable[None]]
+Announce = Callable[[str, Sequence[NewInstance], Mapping[str, Announcement]], Awaitable[None]]
 
 
 @dataclass(eq=False, slots=True)
@@ -99,7 +101,7 @@ class CreateGroups:
         try:
             self.transactions += 1
             try:
-                await self._store(workflow, [n for u in group for n in u.items])
+                rows = dict(await self._store(workflow, [n for u in group for n in u.items]))
                 stored = group
             except InstanceExistsError:
                 if len(group) == 1:
@@ -109,9 +111,9 @@ class CreateGroups:
                 self.fallbacks += 1
                 log.debug("create group retried one by one", workflow=workflow,
                           callers=len(group))
-                stored = await self._store_one_by_one(workflow, group)
+                stored, rows = await self._store_one_by_one(workflow, group)
             if stored:
-                await self._announce(workflow, [n for u in stored for n in u.items])
+                await self._announce(workflow, [n for u in stored for n in u.items], rows)
             for unit in stored:
                 if not unit.done.done():
                     unit.done.set_result(None)
@@ -124,16 +126,19 @@ class CreateGroups:
                 if not unit.done.done():
                     unit.done.set_exception(exc)
 
-    async def _store_one_by_one(self, workflow: str, group: list[_Unit]) -> list[_Unit]:
+    async def _store_one_by_one(
+        self, workflow: str, group: list[_Unit]
+    ) -> tuple[list[_Unit], dict[str, Announcement]]:
         stored = []
+        rows: dict[str, Announcement] = {}
         for unit in group:
             if unit.done.done():  # cancelled, and its rows were rolled back with the group
                 continue
             self.transactions += 1
             try:
-                await self._store(workflow, unit.items)
+                rows.update(await self._store(workflow, unit.items))
             except InstanceExistsError as exc:
                 unit.done.set_exception(exc)
             else:
                 stored.append(unit)
-        return stored
+        return stored, rows

@@ -30,6 +30,7 @@ from broker import (
     turn_message,
 )
 from engine import _history as h
+from engine._announced import AnnouncedInstance, announced_instance
 from engine._clock import now_ms
 from engine._codec import MAX_VALUE_BYTES, encode_json, error_dict
 from engine._early_wake import EarlyWakeups
@@ -39,14 +40,10 @@ from engine._lifecycle import lifecycle_message
 from engine._replay import InstanceRun, TurnOutcome
 from engine._resume_cache import KeptRun, ResumeCache
 from engine._runner import StepJob, StepRunner
-from engine._store._continuations import (
-    Continuation,
-    continue_in_one_statement,
-    only_continues,
-)
 from engine._store._database import Database
+from engine._store._decided_turns import DecidedTurn, writable_alone, write_decided_turns
 from engine._store._events import IncomingEvent, store_events_txn
-from engine._store._gates import SlotsContended
+from engine._store._gates import SlotsContended, wants_slot
 from engine._store._instances import NewInstance, create_from_message_txn, existing_ids
 from engine._store._turns import (
     Committed,
@@ -70,6 +67,7 @@ class _Batch:
     workflow: str
     deliveries: list[Delivery] = field(default_factory=list)
     instance_ids: dict[str, None] = field(default_factory=dict)  # ordered set
+    announced: dict[str, AnnouncedInstance] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -176,6 +174,10 @@ class TurnLoop:
             admitted = await self._admit(batch.workflow, delivery)
             if isinstance(admitted, IncomingEvent):
                 incoming.append((delivery, admitted))
+            elif isinstance(admitted, AnnouncedInstance):
+                batch.instance_ids[admitted.snapshot.instance_id] = None
+                batch.announced[admitted.snapshot.instance_id] = admitted
+                stored.append(delivery)
             elif admitted is not None:
                 batch.instance_ids[admitted] = None
                 (pokes if delivery.exchange == "internal" else stored).append(delivery)
@@ -183,7 +185,8 @@ class TurnLoop:
             batch.instance_ids[instance_id] = None
             stored.append(delivery)
         try:
-            found = (await self._turns(batch.workflow, list(batch.instance_ids))
+            found = (await self._turns(batch.workflow, list(batch.instance_ids),
+                                       batch.announced)
                      if batch.instance_ids else set())
             stored = await self._reject_unstored(batch.workflow, stored, found)
         except Exception:
@@ -216,9 +219,12 @@ class TurnLoop:
                               "header)")
         return [d for d in stored if claims.get(d) not in unseen]
 
-    async def _admit(self, workflow: str, delivery: Delivery) -> str | IncomingEvent | None:
-        """Decode a delivery into the instance it concerns (an event: into the event, stored
-        with the batch's others); dead-letter what is malformed."""
+    async def _admit(
+        self, workflow: str, delivery: Delivery
+    ) -> str | AnnouncedInstance | IncomingEvent | None:
+        """Decode a delivery into the instance it concerns (a create from Warren's client:
+        into the instance it announces; an event: into the event, stored with the batch's
+        others); dead-letter what is malformed."""
         try:
             if len(delivery.body) > MAX_MESSAGE_BYTES:
                 raise ValidationError(
@@ -235,7 +241,7 @@ class TurnLoop:
             await _reject(delivery, str(exc))
             return None
 
-    async def _create(self, workflow: str, delivery: Delivery) -> str:
+    async def _create(self, workflow: str, delivery: Delivery) -> str | AnnouncedInstance:
         try:
             body = orjson.loads(delivery.body)
         except orjson.JSONDecodeError as exc:
@@ -248,7 +254,8 @@ class TurnLoop:
         if delivery.headers.get(STORED_HEADER) == "1":
             # Warren's client inserted the row before publishing: nothing to store. That the
             # row really exists is checked after the turn (see _process).
-            return str(instance_id)
+            return (announced_instance(workflow, delivery, str(instance_id), body.get("params"))
+                    or str(instance_id))
         params = encode_json(body.get("params"), what="params")
         async with self._db.transaction() as conn:
             result = await create_from_message_txn(
@@ -283,9 +290,12 @@ class TurnLoop:
             await _reject(delivery, reason)
         return stored
 
-    async def _turns(self, workflow: str, instance_ids: list[str]) -> set[str]:
+    async def _turns(
+        self, workflow: str, instance_ids: list[str],
+        announced: Mapping[str, AnnouncedInstance],
+    ) -> set[str]:
         """Run turns of the instances; return the ids that exist and are not finished."""
-        turn = await self._decide_and_commit(workflow, instance_ids, ())
+        turn = await self._decide_and_commit(workflow, instance_ids, (), announced)
         await self._act(turn)
         return turn.found
 
@@ -334,52 +344,59 @@ class TurnLoop:
         return f"{self._worker_id}:{next(self._tokens)}"
 
     async def _decide_and_commit(
-        self, workflow: str, instance_ids: list[str], results: Sequence[AttemptResult]
+        self, workflow: str, instance_ids: list[str], results: Sequence[AttemptResult],
+        announced: Mapping[str, AnnouncedInstance] | None = None,
     ) -> _Turn:
         """Run the turns of ``instance_ids`` that store and apply ``results``.
 
-        On PostgreSQL, when the runs of all these instances are kept here and all only
-        continue (a step ends, the next starts), the turns are one statement (see
-        ``engine._store._continuations``); whatever it does not take, or any other batch,
+        On PostgreSQL, when every one of these turns can be decided before reading the
+        store (a kept run applies its step results, or a new instance's create message
+        ``announced`` its row) and written alone, the batch is one statement (see
+        ``engine._store._decided_turns``); whatever it does not take, or any other batch,
         takes the general turn.
         """
         kept = self._kept.take(workflow, instance_ids)
-        if not (results and kept and self._db.dialect == "postgresql"):
+        announced = announced or {}
+        if self._db.dialect != "postgresql" or not ((results and kept) or announced):
             return await self._general_turn(workflow, instance_ids, results, kept)
-        continued, ahead, kept = await self._continue(workflow, instance_ids, kept, results)
-        written = continued.done.held
+        quick, ahead, kept = await self._decide_ahead(workflow, instance_ids, kept, results,
+                                                      announced)
+        written = quick.done.held
         rest = [i for i in instance_ids
-                if i not in {s.instance_id for s in continued.leased.snapshots}]
+                if i not in {s.instance_id for s in quick.leased.snapshots}]
         if not rest:
-            return continued
-        return continued.add(await self._general_turn(
+            return quick
+        return quick.add(await self._general_turn(
             workflow, rest, [r for r in results if r.instance_pk not in written], kept, ahead))
 
-    async def _continue(
+    async def _decide_ahead(
         self, workflow: str, instance_ids: list[str], kept: dict[int, KeptRun],
-        results: Sequence[AttemptResult],
+        results: Sequence[AttemptResult], announced: Mapping[str, AnnouncedInstance],
     ) -> tuple[_Turn, dict[int, TurnOutcome], dict[int, KeptRun]]:
-        """Resume the kept runs that ``results`` concern; if all of ``instance_ids`` only
-        continue, write their turns in one statement, unless their instances changed
+        """Decide the turns of the kept runs that ``results`` concern and the first turns of
+        the ``announced`` instances; if all of ``instance_ids`` are decided so and can be
+        written alone, write them in one statement, unless their instances changed
         meanwhile. (If some need the general turn, all take it: a second commit per batch
         would cost more than the statements it saves, 10 % of steps/s in ``throughput``.)
 
-        Returns that turn, the outcomes decided for the runs not written (moved on, they
-        cannot resume again: their general turn takes the outcome if the instance is still
-        as the run saw it, else it replays), and the runs not resumed, still kept.
+        Returns that turn, the outcomes decided for the kept runs not written (moved on,
+        they cannot resume again: their general turn takes the outcome if the instance is
+        still as the run saw it, else it replays), and the runs not resumed, still kept.
+        First turns not written are simply replayed by the general turn (no history yet).
         """
         now = now_ms()
         ended = _by_instance(results)
-        continuing: list[Continuation] = []
-        ahead: dict[int, TurnOutcome] = {}
+        decided: list[DecidedTurn] = []
         runs: dict[int, InstanceRun] = {}
         resumed: dict[int, KeptRun] = {}
         for pk in [pk for pk in kept if pk in ended]:
             taken = kept.pop(pk)
             run = taken.run
-            # The instance as this run's last turn left it, leased at the next fence.
+            # The instance as this run's last turn left it, leased at the next fence (it
+            # runs, so it has started: the row knows when).
             snapshot = replace(run.instance, fence=taken.fence, status=h.STATUS_RUNNING,
                                slot=True, control=None, paused=False, admit_priority=None,
+                               started_at_ms=run.instance.started_at_ms or now,
                                steps=[], events=[])
             try:
                 outcome = run.resume(snapshot, now, ended[pk])
@@ -388,22 +405,44 @@ class TurnLoop:
                               instance=snapshot.instance_id)
                 continue
             runs[pk], resumed[pk] = run, taken
-            if only_continues(outcome):
-                continuing.append(Continuation(snapshot, outcome, ended[pk]))
-            else:
-                ahead[pk] = outcome
-        written: set[int] = set()
-        if continuing and len(continuing) == len(instance_ids):
-            async with self._db.autocommit() as conn:
-                written = await continue_in_one_statement(conn, continuing, self._worker_id,
-                                                          now)
-        ahead.update((c.snapshot.pk, c.outcome) for c in continuing
-                     if c.snapshot.pk not in written)
-        decided = [(c.snapshot, c.outcome) for c in continuing if c.snapshot.pk in written]
+            decided.append(DecidedTurn(snapshot, outcome, ended[pk]))
+        for new in announced.values():
+            run = InstanceRun(self._workflows[workflow], new.snapshot, now)
+            try:
+                outcome = run.run()
+            except Exception:  # as in _replay: the general turn errors the instance
+                continue
+            runs[new.snapshot.pk] = run
+            decided.append(DecidedTurn(new.snapshot, outcome, stored=new.stored))
+        written = await self._write_decided(workflow, instance_ids, decided, now)
+        ahead = {d.snapshot.pk: d.outcome for d in decided
+                 if d.snapshot.pk not in written and d.stored is None}
+        taken_turns = [(d.snapshot, d.outcome) for d in decided if d.snapshot.pk in written]
         done = Committed(held=written)
-        self._keep(workflow, decided, runs, done)
+        self._keep(workflow, taken_turns, runs, done)
         kept.update((pk, resumed[pk]) for pk in ahead)
-        return _Turn(workflow, Leased([s for s, _ in decided], []), decided, done), ahead, kept
+        return (_Turn(workflow, Leased([s for s, _ in taken_turns], []), taken_turns, done),
+                ahead, kept)
+
+    async def _write_decided(
+        self, workflow: str, instance_ids: list[str], decided: list[DecidedTurn], now: int
+    ) -> set[int]:
+        """Write ``decided`` in one statement if it is all of ``instance_ids``' turns and
+        each can be written alone; return the pks written."""
+        if ({d.snapshot.instance_id for d in decided} != set(instance_ids)
+                or not all(writable_alone(d.outcome) for d in decided)):
+            return set()
+        moves_slots = any(d.snapshot.slot != wants_slot(d.outcome.status) for d in decided)
+        if moves_slots and not self._slots_open.get(workflow, True):
+            return set()  # slots are settled under the gates' locks for now
+        try:
+            async with self._db.autocommit() as conn:
+                return await write_decided_turns(conn, workflow, decided, self._worker_id, now)
+        except SlotsContended:
+            self._slots_open[workflow] = False
+        except ValidationError:  # an outcome over its limit: the general turn errors it
+            pass
+        return set()
 
     async def _general_turn(
         self, workflow: str, instance_ids: list[str], results: Sequence[AttemptResult],

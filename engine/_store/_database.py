@@ -15,6 +15,7 @@ from sqlmodel import SQLModel
 
 from engine._settings import DEFAULT_DATABASE_URL
 from engine._store import _schema as schema
+from engine._store._decided_turns import ABORT_FUNCTION
 from sdk.errors import EngineUnavailableError, ValidationError
 
 log = structlog.get_logger("warren.store")
@@ -56,6 +57,8 @@ class Database:
                 # Serialize concurrent start-ups: CREATE TABLE IF NOT EXISTS races in PostgreSQL.
                 await conn.exec_driver_sql("SELECT pg_advisory_xact_lock(724011)")
             await conn.run_sync(SQLModel.metadata.create_all)
+            if self.dialect == "postgresql":
+                await conn.exec_driver_sql(ABORT_FUNCTION)
             await _insert_missing(conn, schema.meta, {"key": "schema_version"},
                                   {"value": str(schema.SCHEMA_VERSION)})
             found = (await conn.execute(select(schema.meta.c.value).where(

@@ -39,8 +39,9 @@ async def ensure_workflows_txn(conn: AsyncConnection, names: Sequence[str], now_
 
 async def create_instances_txn(
     conn: AsyncConnection, workflow: str, items: Sequence[NewInstance], now_ms: int
-) -> None:
-    """Insert ``queued`` instances, all or none (in the caller's transaction).
+) -> dict[str, int]:
+    """Insert ``queued`` instances, all or none (in the caller's transaction); return their
+    pks by id.
 
     One statement: an id that exists already is skipped by the insert and named by the
     error, which rolls the others back with the caller's transaction.
@@ -50,14 +51,15 @@ async def create_instances_txn(
     """
     ids = [i.instance_id for i in items]
     twice = [i for i, n in Counter(ids).items() if n > 1]
-    created = [] if twice else (await conn.execute(
+    created: dict[str, int] = {} if twice else dict((await conn.execute(
         _INSERT_NEW[conn.dialect.name], [_new_row(workflow, i, now_ms) for i in items]
-    )).scalars().all()
+    )).all())
     if twice or len(created) != len(ids):
         dupes = sorted(set(twice) | (set(ids) - set(created)))
         raise InstanceExistsError(
             f"workflow {workflow!r} already has instance(s) with id {', '.join(dupes)}"
         )
+    return created
 
 
 async def create_from_message_txn(
@@ -84,7 +86,8 @@ async def create_from_message_txn(
 
 
 _INSERT_NEW = {
-    name: insert_(instances).on_conflict_do_nothing().returning(instances.c.instance_id)
+    name: insert_(instances).on_conflict_do_nothing().returning(instances.c.instance_id,
+                                                                instances.c.pk)
     for name, insert_ in CONFLICT_INSERTS.items()
 }
 

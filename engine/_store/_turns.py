@@ -428,19 +428,9 @@ async def _write_instances(
     with ``only_changed``, skip those the outcome leaves as their snapshot shows them."""
     rows = []
     for snap, out in kept:
-        if only_changed and _unchanged(snap, out):
+        if only_changed and unchanged(snap, out):
             continue
-        # The error is the instance's once it has ended (a rollback may still be running).
-        error = out.error if out.finished else None
-        row = {
-            "b_pk": snap.pk, "status": out.status,
-            "output": None if out.output is None else encode_json(out.output, what="output"),
-            "error": None if error is None else encode_json(error, what="error"),
-            "rollback": None if out.rollback is None else encode_json(out.rollback,
-                                                                      what="rollback"),
-            "started_at_ms": snap.started_at_ms or now_ms,
-            "ended_at_ms": now_ms if out.finished else None,
-        }
+        row = {"b_pk": snap.pk, **instance_values(snap, out, now_ms)}
         if out.status == h.TERMINATED:
             row["control"] = None  # a terminate with rollback is done
         if slots:
@@ -452,7 +442,26 @@ async def _write_instances(
         )
 
 
-def _unchanged(snap: h.InstanceSnapshot, out: TurnOutcome) -> bool:
+def instance_values(snap: h.InstanceSnapshot, out: TurnOutcome, now_ms: int) -> dict[str, Any]:
+    """The instance columns a turn writes for its outcome.
+
+    Raises:
+        ValidationError: A value cannot be stored (over its limit).
+    """
+    # The error is the instance's once it has ended (a rollback may still be running).
+    error = out.error if out.finished else None
+    return {
+        "status": out.status,
+        "output": None if out.output is None else encode_json(out.output, what="output"),
+        "error": None if error is None else encode_json(error, what="error"),
+        "rollback": None if out.rollback is None else encode_json(out.rollback,
+                                                                  what="rollback"),
+        "started_at_ms": snap.started_at_ms or now_ms,
+        "ended_at_ms": now_ms if out.finished else None,
+    }
+
+
+def unchanged(snap: h.InstanceSnapshot, out: TurnOutcome) -> bool:
     """Whether writing this outcome would leave the instance row as it is: same status, not
     finished (no output, error or end time), already started, no rollback result, and no
     slot to take or give back."""

@@ -14,6 +14,7 @@ import pytest
 from broker import REASON_HEADER, OutgoingMessage, broker_from_url
 from sdk import (
     InstanceExistsError,
+    InstanceNotFoundError,
     NonRetryableError,
     StepFailedError,
     WorkflowEntrypoint,
@@ -279,7 +280,10 @@ async def test_malformed_messages_are_dead_lettered_without_blocking(stack: Stac
                 dead = await raw.get_dead(timeout_s=10)  # type: ignore[attr-defined]
                 assert dead is not None
                 reasons.append(str(dead.headers[REASON_HEADER]))
-        st = await (await client.workflow("unique").get("good")).wait_for_status("complete", 10)
+        # The worker stores "good" (no client stored it) after dead-lettering the others.
+        good = await eventually(lambda: _existing(client, "unique", "good"), timeout=10,
+                                message="'good' stored")
+        st = await good.wait_for_status("complete", 10)
     assert st.output == 7
     assert any("not JSON" in r for r in reasons)
     assert any("version" in r for r in reasons)
@@ -324,8 +328,6 @@ async def test_a_wake_up_held_at_a_graceful_stop_is_handed_to_the_next_worker(
 
 
 async def test_status_of_unknown_instance_raises_not_found(stack: Stack) -> None:
-    from sdk import InstanceNotFoundError
-
     async with stack.client() as client:
         with pytest.raises(InstanceNotFoundError):
             await client.workflow("unique").get("nope")
@@ -374,8 +376,6 @@ async def test_create_claiming_a_stored_row_that_does_not_exist_is_dead_lettered
 
 
 async def test_finished_instances_are_deleted_after_the_retention_period(stack: Stack) -> None:
-    from sdk import InstanceNotFoundError
-
     async with stack.running([Unique], retention_days=1 / 86_400) as client:  # one second
         wf = client.workflow("unique")
         inst = await wf.create(params="short-lived")
@@ -389,3 +389,11 @@ async def test_finished_instances_are_deleted_after_the_retention_period(stack: 
             return False
 
         await eventually(gone, timeout=15, interval=0.2, message="instance deleted")
+
+
+async def _existing(client: Any, workflow: str, instance_id: str) -> Any:
+    """The instance if it exists yet, else ``None``."""
+    try:
+        return await client.workflow(workflow).get(instance_id)
+    except InstanceNotFoundError:
+        return None

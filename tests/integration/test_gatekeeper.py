@@ -208,10 +208,12 @@ class Unlimited(WorkflowEntrypoint):
 async def test_far_from_any_limit_slots_are_taken_without_locking_the_gates(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from engine import _turn_loop
     from engine._store import _turns
 
     calls = {"settle": 0, "count": 0, "contended": 0}
     settle, count = _turns.settle_txn, _turns.count_slots_txn
+    write_decided = _turn_loop.write_decided_turns
 
     async def counting_settle(*args: Any) -> Any:
         calls["settle"] += 1
@@ -225,8 +227,19 @@ async def test_far_from_any_limit_slots_are_taken_without_locking_the_gates(
             calls["contended"] += 1
             raise
 
+    async def counting_write_decided(*args: Any) -> Any:
+        # On PostgreSQL first and last turns count their slots in the statement that
+        # writes them (engine._store._decided_turns).
+        calls["count"] += 1
+        try:
+            return await write_decided(*args)
+        except SlotsContended:
+            calls["contended"] += 1
+            raise
+
     monkeypatch.setattr(_turns, "settle_txn", counting_settle)
     monkeypatch.setattr(_turns, "count_slots_txn", counting_count)
+    monkeypatch.setattr(_turn_loop, "write_decided_turns", counting_write_decided)
     async with stack.running([Unlimited, Limited]) as client:
         wf = client.workflow("unlimited")
         instances = await wf.create_batch([{"params": i} for i in range(20)])
