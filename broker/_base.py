@@ -32,9 +32,9 @@ REASON_HEADER = "x-warren-reason"
 ORIGIN_EXCHANGE_HEADER = "x-warren-origin-exchange"
 """Header carrying the logical exchange a dead-lettered message arrived on."""
 ORIGIN_ROUTING_KEY_HEADER = "x-warren-origin-routing-key"
+"""Header carrying the routing key a dead-lettered message arrived with."""
 STORED_HEADER = "x-warren-stored"
 """Set by Warren's client on create messages whose instance row it already inserted."""
-"""Header carrying the routing key a dead-lettered message arrived with."""
 
 
 @dataclass(frozen=True, slots=True)
