@@ -46,7 +46,8 @@ class AnnouncedInstance:
 def announced_instance(
     workflow: str, delivery: Delivery, instance_id: str, params: Any
 ) -> AnnouncedInstance | None:
-    """The instance a stored create message announces, or ``None`` if it names no row."""
+    """The instance a create message stored by Warren's client (``x-warren-stored``, checked
+    by the caller) announces, or ``None`` if it names no row."""
     headers = delivery.headers
     try:
         pk = int(str(headers[PK_HEADER]))
@@ -54,7 +55,7 @@ def announced_instance(
         params_json = encode_json(params, what="params")
     except (KeyError, ValueError, ValidationError):
         return None
-    if headers.get(STORED_HEADER) != "1" or delivery.message_id is None:
+    if delivery.message_id is None:
         return None
     # At fence 1: the first turn's lock increments the fence the client stored (0).
     snapshot = h.InstanceSnapshot(pk=pk, workflow=workflow, instance_id=instance_id,

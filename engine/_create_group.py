@@ -101,7 +101,8 @@ class CreateGroups:
         try:
             self.transactions += 1
             try:
-                rows = dict(await self._store(workflow, [n for u in group for n in u.items]))
+                rows: Mapping[str, Announcement] = await self._store(
+                    workflow, [n for u in group for n in u.items])
                 stored = group
             except InstanceExistsError:
                 if len(group) == 1:

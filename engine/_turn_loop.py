@@ -357,7 +357,11 @@ class TurnLoop:
         """
         kept = self._kept.take(workflow, instance_ids)
         announced = announced or {}
-        if self._db.dialect != "postgresql" or not ((results and kept) or announced):
+        ended = {r.instance_pk for r in results}
+        decidable = {*announced, *(k.run.instance.instance_id for pk, k in kept.items()
+                                   if pk in ended)}
+        if self._db.dialect != "postgresql" or not decidable >= set(instance_ids):
+            # Some turn needs the store read first: the batch takes the general turn.
             return await self._general_turn(workflow, instance_ids, results, kept)
         quick, ahead, kept = await self._decide_ahead(workflow, instance_ids, kept, results,
                                                       announced)
@@ -374,7 +378,7 @@ class TurnLoop:
         results: Sequence[AttemptResult], announced: Mapping[str, AnnouncedInstance],
     ) -> tuple[_Turn, dict[int, TurnOutcome], dict[int, KeptRun]]:
         """Decide the turns of the kept runs that ``results`` concern and the first turns of
-        the ``announced`` instances; if all of ``instance_ids`` are decided so and can be
+        the ``announced`` instances (together, all of ``instance_ids``); if each can be
         written alone, write them in one statement, unless their instances changed
         meanwhile. (If some need the general turn, all take it: a second commit per batch
         would cost more than the statements it saves, 10 % of steps/s in ``throughput``.)

@@ -209,8 +209,7 @@ async def write_decided_turns(
     params = {
         "workflow": workflow,
         "pks": sorted(t.snapshot.pk for t in turns),
-        "turns": orjson.dumps({str(t.snapshot.pk): _instance_row(t, now_ms)
-                               for t in turns}).decode(),
+        "turns": _json({str(t.snapshot.pk): _instance_row(t, now_ms) for t in turns}),
         "steps": _json(step_rows(decided, worker, now_ms)),
         "ended": _json([{"instance_pk": r.instance_pk, "step_key": r.key,
                          "attempt": r.attempt, "token": r.token, "ended_at_ms": r.ended_at_ms,
@@ -242,5 +241,5 @@ def _instance_row(turn: DecidedTurn, now_ms: int) -> dict[str, Any]:
     return row
 
 
-def _json(rows: list[dict[str, object]]) -> str:
-    return orjson.dumps(rows).decode()
+def _json(value: object) -> str:
+    return orjson.dumps(value).decode()
