@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
-from collections.abc import Sequence
-from typing import Any, Literal, Protocol
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
 
 import asyncpg
 import orjson
@@ -44,6 +45,19 @@ class PgProbe:
         async with self._lock:
             self.queries += 1
             return [tuple(r) for r in await self._conn.fetch(sql, *args)]
+
+    @asynccontextmanager
+    async def instance_writes_held(self) -> AsyncIterator[None]:
+        """Hold every write to the instance table until the block ends; reads go on.
+
+        A start barrier for worker processes: a worker's first turn writes its instances,
+        so each worker that is ready waits there, and all of them start together when the
+        block ends. Worker start-up writes no instance row, so it is not held.
+        """
+        async with self._lock, self._conn.transaction():
+            self.queries += 1
+            await self._conn.execute("LOCK TABLE warren_instances IN SHARE MODE")
+            yield
 
     async def close(self) -> None:
         await self._conn.close()
@@ -88,14 +102,10 @@ async def instance_state(probe: Probe, workflow: str, instance_id: str
     return str(status), None if output is None else orjson.loads(output)
 
 
-async def span_ms(
-    probe: Probe, workflow: str, since: Literal["created", "started"] = "created"
-) -> tuple[int, int]:
-    """``(first created_at_ms, last ended_at_ms)`` over the workflow's instances (with
-    ``since="started"``: the first ``started_at_ms`` instead)."""
-    first = "min(started_at_ms)" if since == "started" else "min(created_at_ms)"
+async def span_ms(probe: Probe, workflow: str) -> tuple[int, int]:
+    """``(first created_at_ms, last ended_at_ms)`` over the workflow's instances."""
     rows = await probe.fetch(
-        f"SELECT {first}, max(ended_at_ms) FROM warren_instances WHERE workflow = $1",
+        "SELECT min(created_at_ms), max(ended_at_ms) FROM warren_instances WHERE workflow = $1",
         workflow,
     )
     first, last = rows[0]

@@ -29,9 +29,10 @@ async def run(engine: str, opts: Options) -> dict[str, Any]:
         backlog[str(count)] = result["steps_per_s"]
     return {
         "instances": n, **_summary(curve), "create_phase_s": create_phase_s,
-        # The same instances created before the workers start: the benchmark's client then
-        # takes no CPU from them while they run (with 4 workers on 2 cores it gets a smaller
-        # share of the CPU, and the creation, not the workers, bounds the curve above).
+        # The same instances created before the workers start, which then start on them
+        # together: the benchmark's client takes no CPU from them while they run (with 4
+        # workers on 2 cores it gets a smaller share of the CPU, and the creation, not the
+        # workers, bounds the curve above).
         "backlog": _summary(backlog),
     }
 
