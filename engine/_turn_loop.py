@@ -366,8 +366,8 @@ class TurnLoop:
         quick, ahead, kept = await self._decide_ahead(workflow, instance_ids, kept, results,
                                                       announced)
         written = quick.done.held
-        rest = [i for i in instance_ids
-                if i not in {s.instance_id for s in quick.leased.snapshots}]
+        taken = {s.instance_id for s in quick.leased.snapshots}
+        rest = [i for i in instance_ids if i not in taken]
         if not rest:
             return quick
         return quick.add(await self._general_turn(

@@ -167,7 +167,7 @@ async def acquire_txn(
     ``known_fences`` maps instance pks to the fence at which the caller holds their history
     in memory (see ``engine._resume_cache``); leased at that fence, their steps are not loaded.
     Among those, runs that already decided this turn (``decided_ahead``, see
-    ``engine._store._continuations``) count as resumable only if the instance is as they
+    ``engine._store._decided_turns``) count as resumable only if the instance is as they
     saw it: running with a slot, no event waiting.
     """
     rows = (await conn.execute(_LEASE if lease else _LOCK, {
