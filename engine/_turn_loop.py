@@ -111,7 +111,7 @@ class TurnLoop:
         self._lease_ms = lease_ms
         self._parallelism = parallelism
         # The broker's queue priority orders what is not yet delivered, this what already was.
-        self._intake = Intake(batch_size=batch_size, new_work_lanes=max(1, parallelism // 2),
+        self._intake = Intake(batch_size=batch_size,
                               timers_due_soon=lambda: len(self._early) > 0)
         self._early = EarlyWakeups(broker, self._intake.put, lead_ms=wake_lead_ms)
         self._kept = ResumeCache(resume_cache_steps)

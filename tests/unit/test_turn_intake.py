@@ -1,4 +1,4 @@
-"""Prefetched deliveries: turn messages first, and new work never in every turn task."""
+"""Prefetched deliveries: turn messages first, and new work one batch at a time."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def _wake(instance_id: str) -> Delivery:
 
 
 async def test_a_wake_up_prefetched_behind_creates_is_taken_first() -> None:
-    intake = Intake(batch_size=10, new_work_lanes=1)
+    intake = Intake(batch_size=10)
     creates, wake = _creates(5), _wake("sleeper")
     for d in [*creates[:3], wake, *creates[3:]]:
         intake.put("wf", d)
@@ -40,38 +40,39 @@ async def test_a_wake_up_prefetched_behind_creates_is_taken_first() -> None:
     assert len(intake) == 0
 
 
-async def test_new_work_fills_only_its_lanes_so_a_wake_up_never_waits_for_a_batch() -> None:
-    intake = Intake(batch_size=2, new_work_lanes=2)
+async def test_new_work_is_out_one_batch_at_a_time_so_a_wake_up_never_waits_for_one() -> None:
+    intake = Intake(batch_size=2)
     for d in _creates(10):
         intake.put("wf", d)
-    lanes = [await intake.take(), await intake.take()]
-    assert all(t.new_work for t in lanes)
-    # Both lanes are busy: a third task gets no creates, and takes the wake-up at once.
+    first = await intake.take()
+    assert first.new_work and len(first.items) == 2
+    # A batch of creates is out: a second task gets no creates, and takes the wake-up at once.
+    second = asyncio.create_task(intake.take())
+    await asyncio.sleep(0)
+    assert not second.done()
+    wake = _wake("sleeper")
+    intake.put("wf", wake)
+    taken = await asyncio.wait_for(second, 1)
+    assert [d for _, d in taken.items] == [wake]
+    # Only when that batch is done does the next one go out.
     third = asyncio.create_task(intake.take())
     await asyncio.sleep(0)
     assert not third.done()
-    wake = _wake("sleeper")
-    intake.put("wf", wake)
-    taken = await asyncio.wait_for(third, 1)
-    assert [d for _, d in taken.items] == [wake]
-    # A finished batch frees its lane for the next creates.
-    fourth = asyncio.create_task(intake.take())
+    intake.done(taken)  # a batch of turn messages frees nothing
     await asyncio.sleep(0)
-    assert not fourth.done()
-    intake.done(lanes[0])
-    assert (await asyncio.wait_for(fourth, 1)).new_work
+    assert not third.done()
+    intake.done(first)
+    assert (await asyncio.wait_for(third, 1)).new_work
 
 
-def test_an_intake_needs_a_batch_and_a_lane() -> None:
+def test_an_intake_needs_a_batch_size() -> None:
     with pytest.raises(ValueError):
-        Intake(batch_size=0, new_work_lanes=1)
-    with pytest.raises(ValueError):
-        Intake(batch_size=1, new_work_lanes=0)
+        Intake(batch_size=0)
 
 
 async def test_new_work_comes_in_short_batches_only_while_timers_are_due_soon() -> None:
     timers_held = False
-    intake = Intake(batch_size=100, new_work_lanes=1, timers_due_soon=lambda: timers_held)
+    intake = Intake(batch_size=100, timers_due_soon=lambda: timers_held)
     for d in _creates(300):
         intake.put("wf", d)
     long = await intake.take()
