@@ -132,7 +132,7 @@ def _line(scenario: Scenario, engine: str, opts: Options, runs: list[dict[str, A
     if "error" in problem:
         return {**line, "error": problem["error"]}
     line |= {"params": params(opts), "host": host(), "n_runs": len(runs),
-             "median": median_of_runs(runs), "runs": runs}
+             "median": scenario.derived(median_of_runs(runs)), "runs": runs}
     if "reason" in problem:
         line |= {"available": False, "reason": problem["reason"]}
     return line

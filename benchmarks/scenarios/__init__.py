@@ -1,7 +1,9 @@
 """The scenario registry: what each scenario runs on, and which figures it compares.
 
 A scenario is one async function ``run(engine, options) -> dict`` per run; the CLI repeats
-it, takes medians and prints the JSON lines. ``headline`` names the figures the
+it, takes medians and prints the JSON lines. A scenario whose verdict compares figures
+(``scale-out``: does the curve fall?) also defines ``derive(median) -> dict``, which draws
+it from the medians: one short run is too noisy to judge alone. ``headline`` names the figures the
 ``--compare`` line turns into Warren/peer ratios (dotted paths into the result) and whether
 higher or lower is better; ``keys`` are what every result must contain (the smoke test
 checks them).
@@ -36,6 +38,13 @@ class Scenario:
         module = importlib.import_module(f"benchmarks.scenarios.{self.module}")
         run: Callable[[str, Options], Awaitable[dict[str, Any]]] = module.run
         return run
+
+    def derived(self, median: dict[str, Any]) -> dict[str, Any]:
+        """``median`` with what the scenario's ``derive`` draws from it, if it has one."""
+        module = importlib.import_module(f"benchmarks.scenarios.{self.module}")
+        derive: Callable[[dict[str, Any]], dict[str, Any]] | None = getattr(
+            module, "derive", None)
+        return derive(median) if derive is not None else median
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
