@@ -3,10 +3,10 @@
 A scenario is one async function ``run(engine, options) -> dict`` per run; the CLI repeats
 it, takes medians and prints the JSON lines. A scenario whose verdict compares figures
 (``scale-out``: does the curve fall?) also defines ``derive(median) -> dict``, which draws
-it from the medians: one short run is too noisy to judge alone. ``headline`` names the figures the
-``--compare`` line turns into Warren/peer ratios (dotted paths into the result) and whether
-higher or lower is better; ``keys`` are what every result must contain (the smoke test
-checks them).
+it from the medians: one short run is too noisy to judge alone. ``headline`` names the
+figures the ``--compare`` line turns into Warren/peer ratios (dotted paths into the
+result) and whether higher or lower is better; ``keys`` are what every result must contain
+(the smoke test checks them).
 """
 
 from __future__ import annotations
@@ -34,17 +34,19 @@ class Scenario:
     headline: tuple[tuple[str, str], ...] = ()
 
     def runner(self) -> Callable[[str, Options], Awaitable[dict[str, Any]]]:
-        """The scenario's ``run`` (imported lazily: peers' packages are optional)."""
-        module = importlib.import_module(f"benchmarks.scenarios.{self.module}")
-        run: Callable[[str, Options], Awaitable[dict[str, Any]]] = module.run
+        """The scenario's ``run``."""
+        run: Callable[[str, Options], Awaitable[dict[str, Any]]] = self._module().run
         return run
 
     def derived(self, median: dict[str, Any]) -> dict[str, Any]:
         """``median`` with what the scenario's ``derive`` draws from it, if it has one."""
-        module = importlib.import_module(f"benchmarks.scenarios.{self.module}")
         derive: Callable[[dict[str, Any]], dict[str, Any]] | None = getattr(
-            module, "derive", None)
+            self._module(), "derive", None)
         return derive(median) if derive is not None else median
+
+    def _module(self) -> Any:
+        """The scenario's module, imported lazily: peers' packages are optional."""
+        return importlib.import_module(f"benchmarks.scenarios.{self.module}")
 
 
 SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
