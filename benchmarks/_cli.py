@@ -156,7 +156,7 @@ async def run(scenario: Scenario, engines: Sequence[str], opts: Options, compare
                 continue
             log.info("%s on %s: run %d/%d", scenario.name, engine, i + 1, opts.runs)
             try:
-                result = await _one_run(runner, engine, opts)
+                result = await _one_run(runner, engine, replace(opts, run_index=i))
             except Exception as exc:
                 log.exception("%s on %s failed", scenario.name, engine)
                 problems[engine] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}

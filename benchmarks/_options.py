@@ -30,6 +30,8 @@ class Options:
         celery_prefetch: Celery ``worker_prefetch_multiplier``.
         services: Where PostgreSQL and RabbitMQ are.
         log_dir: Where worker logs and SQLite files go for this invocation.
+        run_index: Which run of the invocation this is (0-based, set by the CLI): a
+            scenario that compares settings within a run alternates their order with it.
     """
 
     n: int | None = None
@@ -47,6 +49,7 @@ class Options:
     celery_prefetch: int = 64
     services: Services = field(default_factory=Services)
     log_dir: Path = Path("/tmp")
+    run_index: int = 0
 
     def size(self, default: int, smoke: int) -> int:
         """The scenario size: ``--n`` if given, else the smoke or the full default."""

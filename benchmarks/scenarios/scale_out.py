@@ -26,20 +26,28 @@ async def run(engine: str, opts: Options) -> dict[str, Any]:
     curve: dict[str, float] = {}
     create_phase_s: dict[str, float] = {}
     backlog: dict[str, float] = {}
-    for count in opts.worker_counts:
+    # Every other run goes from the most workers to the fewest, so that a drift in the
+    # machine's speed during the invocation hits no worker count alone (the CLI
+    # interleaves engines for the same reason).
+    order = opts.worker_counts if opts.run_index % 2 == 0 else opts.worker_counts[::-1]
+    for count in order:
         result = await warren_throughput(engine, opts, n, count, with_creation=False)
         curve[str(count)] = result["steps_per_s"]
         create_phase_s[str(count)] = result["create_phase_s"]
         result = await warren_throughput(engine, opts, n, count, with_creation=False,
                                          backlog=True)
         backlog[str(count)] = result["steps_per_s"]
+    def in_worker_order(points: dict[str, float]) -> dict[str, float]:
+        return {str(c): points[str(c)] for c in opts.worker_counts}
+
     return {
-        "instances": n, "curve": curve, "create_phase_s": create_phase_s,
+        "instances": n, "curve": in_worker_order(curve),
+        "create_phase_s": in_worker_order(create_phase_s),
         # The same instances created before the workers start, which then start on them
         # together: the benchmark's client takes no CPU from them while they run (with 4
         # workers on 2 cores it gets a smaller share of the CPU, and the creation, not the
         # workers, bounds the curve above).
-        "backlog": {"curve": backlog},
+        "backlog": {"curve": in_worker_order(backlog)},
     }
 
 

@@ -1,12 +1,17 @@
-"""``scale-out`` judges its curves on the medians of the runs, as it reports them."""
+"""``scale-out`` judges its curves on the medians of the runs, as it reports them, and
+alternates the order of the worker counts from run to run."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import pytest
+
 from benchmarks._cli import _line
+from benchmarks._cli import run as _run_cli
 from benchmarks._options import Options
-from benchmarks.scenarios import SCENARIOS
+from benchmarks.scenarios import SCENARIOS, scale_out
 
 
 def _run(burst: dict[str, float], backlog: dict[str, float]) -> dict[str, Any]:
@@ -45,3 +50,41 @@ def test_a_median_curve_that_falls_more_than_5_percent_is_reported_as_falling() 
 def test_points_are_compared_in_worker_order_whatever_order_they_were_run_in() -> None:
     median = _median([_run({"4": 100, "2": 150, "1": 140}, {"1": 1, "2": 2, "4": 3})])
     assert median["never_falls"] is False  # 2 -> 4 workers: 150 -> 100
+
+
+async def test_every_other_run_goes_from_the_most_workers_to_the_fewest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    started: list[tuple[int, bool]] = []
+
+    async def throughput(engine: str, opts: Options, n: int, workers: int, *,
+                         with_creation: bool, backlog: bool = False) -> dict[str, Any]:
+        started.append((workers, backlog))
+        return {"steps_per_s": 100.0 * workers + backlog, "create_phase_s": 0.1}
+
+    monkeypatch.setattr(scale_out, "warren_throughput", throughput)
+    first = await scale_out.run("warren", Options(run_index=0))
+    assert [w for w, _ in started] == [1, 1, 2, 2, 4, 4]
+    started.clear()
+    second = await scale_out.run("warren", Options(run_index=1))
+    assert [w for w, _ in started] == [4, 4, 2, 2, 1, 1]
+    # Either way the curves are reported in worker order, with the same points.
+    for result in (first, second):
+        assert list(result["curve"]) == list(result["backlog"]["curve"]) == ["1", "2", "4"]
+    assert first["backlog"]["curve"] == second["backlog"]["curve"] == {
+        "1": 101.0, "2": 201.0, "4": 401.0}
+
+
+def test_the_cli_tells_each_run_its_index() -> None:
+    seen: list[int] = []
+
+    async def runner(engine: str, opts: Options) -> dict[str, Any]:
+        seen.append(opts.run_index)
+        return {"instances": 1, "curve": {"1": 1.0}, "create_phase_s": {"1": 0.1},
+                "backlog": {"curve": {"1": 1.0}}}
+
+    scenario = SCENARIOS["scale-out"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(type(scenario), "runner", lambda self: runner)
+        assert asyncio.run(_run_cli(scenario, ["warren"], Options(runs=3), False)) == 0
+    assert seen == [0, 1, 2]
