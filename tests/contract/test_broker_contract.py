@@ -456,6 +456,30 @@ async def test_subscribe_receives_matching_lifecycle_messages(broker: Broker) ->
         await delivery.ack()  # allowed, and a no-op
 
 
+async def test_notifications_published_with_other_messages_arrive_whole_and_in_order(
+    broker: Broker,
+) -> None:
+    # Notifications of one publish go out together (on RabbitMQ: one socket write); a body
+    # larger than an AMQP frame (128 KiB) is split into several body frames.
+    wf = new_workflow()
+    await broker.declare_workflow(wf)
+    big = b'"' + b"x" * 300_000 + b'"'
+    notes = [OutgoingMessage("lifecycle", f"{wf}.i{i}.progress",
+                             big if i == 3 else str(i).encode(), headers={"n": i})
+             for i in range(40)]
+    subscription: Any = broker.subscribe("lifecycle", f"{wf}.#")
+    async with subscription:
+        await broker.publish([notes[0], create(wf, b"c0"), *notes[1:20], create(wf, b"c1"),
+                              *notes[20:]])
+        got = [await asyncio.wait_for(anext(subscription), 10) for _ in notes]
+    assert [(d.routing_key, d.body, d.headers["n"]) for d in got] == [
+        (n.routing_key, n.body, n.headers["n"]) for n in notes]
+    inbox = Inbox()
+    await broker.consume(wf, inbox, prefetch=10)
+    await inbox.wait(2)
+    assert inbox.bodies == [b"c0", b"c1"]
+
+
 async def test_subscribe_star_matches_exactly_one_word(broker: Broker) -> None:
     wf = new_workflow()
     subscription: Any = broker.subscribe("lifecycle", f"{wf}.*.progress")
