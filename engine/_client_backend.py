@@ -24,6 +24,7 @@ from engine._store._database import Database
 from engine._store._gates import gate_counts
 from engine._store._instances import (
     NewInstance,
+    create_instances_alone,
     create_instances_txn,
     instance_state,
     instance_status,
@@ -86,6 +87,12 @@ class EngineClientBackend:
         self, workflow: str, new: Sequence[NewInstance]
     ) -> dict[str, Announcement]:
         created_at_ms = now_ms()
+        if self._db.dialect == "postgresql":
+            async with self._db.driver() as driver:
+                alone = await create_instances_alone(driver, workflow, new, created_at_ms)
+            if alone is not None:
+                return {iid: Announcement(pk, created_at_ms) for iid, pk in alone.items()}
+            # An id is taken: nothing was written, and the transaction below says which.
         try:
             async with self._db.transaction() as conn:
                 pks = await create_instances_txn(conn, workflow, new, created_at_ms)

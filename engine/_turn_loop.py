@@ -440,7 +440,7 @@ class TurnLoop:
         if moves_slots and not self._slots_open.get(workflow, True):
             return set()  # slots are settled under the gates' locks for now
         try:
-            async with self._db.autocommit() as conn:
+            async with self._db.driver() as conn:
                 return await write_decided_turns(conn, workflow, decided, self._worker_id, now)
         except SlotsContended:
             self._slots_open[workflow] = False

@@ -11,8 +11,9 @@ import asyncio
 import inspect
 import logging
 import os
-from collections.abc import Awaitable, Callable
-from typing import TypeVar, overload
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar, overload
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "asyncpg_dsn",
     "eventually",
     "in_ci",
+    "record_driver_statements",
     "redact_url",
 ]
 
@@ -168,3 +170,32 @@ async def eventually(
 
 #: Alias of :func:`eventually`, for tests that read better with it.
 assert_eventually = eventually
+
+
+def record_driver_statements(db: Any, monkeypatch: Any) -> list[tuple[str, tuple[Any, ...]]]:
+    """Record the statements run on ``db``'s driver connections (``Database.driver``, asyncpg
+    outside SQLAlchemy, which SQLAlchemy's cursor events do not see).
+
+    Returns:
+        A list that fills with ``(sql, args)`` as the statements run, in order.
+    """
+    seen: list[tuple[str, tuple[Any, ...]]] = []
+    driver = db.driver
+
+    @asynccontextmanager
+    async def recording() -> AsyncIterator[_RecordingConnection]:
+        async with driver() as conn:
+            yield _RecordingConnection(conn, seen)
+
+    monkeypatch.setattr(db, "driver", recording)
+    return seen
+
+
+class _RecordingConnection:
+    def __init__(self, conn: Any, seen: list[tuple[str, tuple[Any, ...]]]) -> None:
+        self._conn = conn
+        self._seen = seen
+
+    async def fetch(self, sql: str, *args: Any) -> Any:
+        self._seen.append((sql, args))
+        return await self._conn.fetch(sql, *args)

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 import structlog
 from sqlalchemy import event, insert, select
 from sqlalchemy.exc import IntegrityError
@@ -20,6 +21,9 @@ from sdk.errors import EngineUnavailableError, ValidationError
 
 log = structlog.get_logger("warren.store")
 
+#: Keys of SQLAlchemy's asyncpg connect arguments that its adapter takes, not asyncpg.
+_ADAPTER_ONLY_ARGS = ("prepared_statement_cache_size", "prepared_statement_name_func",
+                      "async_creator_fn")
 
 
 class Database:
@@ -49,6 +53,9 @@ class Database:
                 "or sqlite+aiosqlite:///path"
             )
         self._write_lock = asyncio.Lock() if self.dialect == "sqlite" else None
+        self._pool_size = pool_size
+        self._driver_pool: asyncpg.Pool | None = None
+        self._driver_pool_lock = asyncio.Lock()
 
     async def create_schema(self) -> None:
         """Create missing tables and seed fixed rows. Safe to run from many workers at once."""
@@ -82,13 +89,28 @@ class Database:
             yield conn
 
     @asynccontextmanager
-    async def autocommit(self) -> AsyncIterator[AsyncConnection]:
-        """A connection on which each statement is its own transaction (PostgreSQL): for a
-        write that is one statement, it saves the ``BEGIN`` and ``COMMIT`` round trips."""
+    async def driver(self) -> AsyncIterator[asyncpg.Connection]:
+        """An asyncpg connection from a small pool of its own, outside SQLAlchemy
+        (PostgreSQL), on which each statement is its own transaction: for the one-statement
+        writes of the hot path. There, SQLAlchemy's execution context, its pool checkout and
+        the switch to autocommit cost more Python than the round trip itself (0.8 ms of a
+        2.7 ms turn write, measured; ``benchmarks/README.md``, change 26)."""
         if self.dialect != "postgresql":
-            raise RuntimeError("autocommit statements are used on PostgreSQL only")
-        async with self.engine.connect() as conn:
-            yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+            raise RuntimeError("driver connections are used on PostgreSQL only")
+        pool = self._driver_pool or await self._open_driver_pool()
+        async with pool.acquire() as conn:
+            yield conn
+
+    async def _open_driver_pool(self) -> asyncpg.Pool:
+        async with self._driver_pool_lock:
+            if self._driver_pool is None:
+                args, kwargs = self.engine.dialect.create_connect_args(self.engine.url)
+                for key in _ADAPTER_ONLY_ARGS:
+                    kwargs.pop(key, None)
+                self._driver_pool = await asyncpg.create_pool(
+                    *args, **kwargs, min_size=1, max_size=self._pool_size,
+                    reset=_session_unchanged)
+            return self._driver_pool
 
     @asynccontextmanager
     async def reading(self) -> AsyncIterator[AsyncConnection]:
@@ -97,7 +119,16 @@ class Database:
             yield conn
 
     async def close(self) -> None:
+        if self._driver_pool is not None:
+            await self._driver_pool.close()
+            self._driver_pool = None
         await self.engine.dispose()
+
+
+async def _session_unchanged(conn: asyncpg.Connection) -> None:
+    """The driver pool's reset: none. asyncpg's default resets a returned connection with a
+    round trip (``RESET ALL``, ``UNLISTEN *``, …) that the statements run here never need:
+    each is its own transaction and leaves no session state."""
 
 
 async def _insert_missing(

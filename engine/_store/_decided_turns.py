@@ -32,13 +32,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import orjson
 from sqlalchemy import text
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import _history as h
 from engine._replay import TurnOutcome
+from engine._store._driver import DriverStatement
 from engine._store._gates import ALL, OPEN_MARGIN, SlotsContended, wants_slot
 from engine._store._schema import events, gates, instances, step_attempts, steps
 from engine._store._turns import attempt_rows, instance_values, step_rows, unchanged
@@ -188,16 +188,16 @@ FROM taken, contended
 """
 
 
-_WRITE = text(_statement())
+_WRITE = DriverStatement.compile(text(_statement()))
 
 
 async def write_decided_turns(
-    conn: AsyncConnection, workflow: str, turns: Sequence[DecidedTurn], worker: str,
+    conn: asyncpg.Connection, workflow: str, turns: Sequence[DecidedTurn], worker: str,
     now_ms: int,
 ) -> set[int]:
     """Write the turns whose instances are still as their decisions assumed; return the
-    pks of those written. ``conn`` must be in autocommit (the statement is its own
-    transaction), on PostgreSQL.
+    pks of those written. ``conn`` is a driver connection (``Database.driver``): the
+    statement is its own transaction.
 
     Raises:
         SlotsContended: The slots these turns take or give back must be settled under the
@@ -218,12 +218,12 @@ async def write_decided_turns(
         "started": _json(attempt_rows(decided, now_ms)),
     }
     try:
-        rows = (await conn.execute(_WRITE, params)).all()
-    except DBAPIError as exc:
-        if getattr(exc.orig, "sqlstate", None) == ABORT_SQLSTATE:
+        rows = await conn.fetch(_WRITE.sql, *_WRITE.args(params))
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == ABORT_SQLSTATE:
             raise SlotsContended(workflow) from None
         raise
-    return {pk for pk, _ in rows}
+    return {row[0] for row in rows}
 
 
 def _instance_row(turn: DecidedTurn, now_ms: int) -> dict[str, Any]:

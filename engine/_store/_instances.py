@@ -9,12 +9,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+import asyncpg
+from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import _history as h
 from engine._codec import decode_json
+from engine._store._decided_turns import ABORT_SQLSTATE
 from engine._store._dialects import CONFLICT_INSERTS, conflict_insert
+from engine._store._driver import DriverStatement
 from engine._store._schema import instances, step_attempts, steps, workflows
 from sdk.errors import InstanceExistsError
 
@@ -62,6 +65,31 @@ async def create_instances_txn(
     return created
 
 
+async def create_instances_alone(
+    conn: asyncpg.Connection, workflow: str, items: Sequence[NewInstance], now_ms: int
+) -> dict[str, int] | None:
+    """Insert ``queued`` instances, all or none, as one statement in autocommit (a driver
+    connection, PostgreSQL); return their pks by id, or ``None`` if an id is taken (nothing
+    was written: :func:`create_instances_txn` then says which).
+
+    Saves a client create the ``BEGIN`` and ``COMMIT`` round trips and SQLAlchemy's Python,
+    which a lone create waits for before its message can go out.
+    """
+    ids = [i.instance_id for i in items]
+    if len(set(ids)) != len(ids):
+        return None
+    try:
+        rows = await conn.fetch(_INSERT_NEW_ALONE.sql, *_INSERT_NEW_ALONE.args({
+            "workflow": workflow, "now": now_ms, "n": len(items), "ids": ids,
+            "params": [i.params for i in items], "tokens": [i.token for i in items],
+        }))
+    except asyncpg.PostgresError as exc:
+        if exc.sqlstate == ABORT_SQLSTATE:
+            return None
+        raise
+    return None if len(rows) != len(ids) else {row[0]: row[1] for row in rows}
+
+
 async def create_from_message_txn(
     conn: AsyncConnection, workflow: str, item: NewInstance, now_ms: int
 ) -> str:
@@ -90,6 +118,30 @@ _INSERT_NEW = {
                                                                 instances.c.pk)
     for name, insert_ in CONFLICT_INSERTS.items()
 }
+
+
+# The columns the table fills from Python-side defaults (fence, flags), as SQL literals.
+_DEFAULTED = {c.name: str(c.default.arg).lower() for c in instances.c
+              if c.default is not None and c.default.is_scalar}
+
+# An id that exists is skipped by the insert; if that leaves any row out, the statement
+# aborts itself (warren_abort), so nothing of it is written. (All taken: no row to abort in,
+# and nothing written either.)
+_INSERT_NEW_ALONE = DriverStatement.compile(text(f"""
+WITH new AS (
+    INSERT INTO {instances.name} (workflow, instance_id, status, params, create_token,
+                                  created_at_ms, {", ".join(_DEFAULTED)})
+    SELECT CAST(:workflow AS text), r.instance_id, '{h.QUEUED}', r.params, r.token,
+        CAST(:now AS bigint), {", ".join(_DEFAULTED.values())}
+    FROM unnest(CAST(:ids AS text[]), CAST(:params AS text[]), CAST(:tokens AS text[]))
+        AS r(instance_id, params, token)
+    ON CONFLICT DO NOTHING
+    RETURNING instance_id, pk
+)
+SELECT instance_id, pk,
+    CASE WHEN (SELECT count(*) FROM new) <> :n THEN warren_abort('instance id taken') END
+FROM new
+"""))
 
 
 def _new_row(workflow: str, item: NewInstance, now_ms: int) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from sqlalchemy import event, select
 from broker import Envelope, OutgoingMessage
 from engine._store._schema import instances
 from sdk import WorkflowEntrypoint, WorkflowEvent, WorkflowStep
-from tests.helpers import eventually
+from tests.helpers import eventually, record_driver_statements
 from tests.stacks import Stack
 
 
@@ -52,11 +52,12 @@ async def test_the_next_turn_follows_a_step_without_a_broker_round_trip(
 
 
 async def test_a_turn_writes_the_instance_row_only_when_its_outcome_changes_it(
-    stack: Stack,
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     worker = stack.worker([FiveSteps])
     instance_writes = 0
     step_writes: list[str] = []
+    driver_statements = record_driver_statements(worker.db, monkeypatch)
 
     def count(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
               executemany: bool) -> None:
@@ -65,11 +66,6 @@ async def test_a_turn_writes_the_instance_row_only_when_its_outcome_changes_it(
             instance_writes += len(parameters) if executemany else 1
         elif statement.startswith(("INSERT INTO warren_steps", "UPDATE warren_steps SET name=")):
             step_writes.append(statement)
-        elif statement.lstrip().startswith("WITH turns AS"):  # turns decided ahead
-            # The row is written (not only its fence moved) where the turn says "write".
-            turns = orjson.loads(_bound(parameters, "turns"))
-            instance_writes += sum(1 for t in turns.values() if t["write"])
-            step_writes.append(statement)
 
     event.listen(worker.db.engine.sync_engine, "before_cursor_execute", count)
     async with worker, stack.client() as client:
@@ -77,6 +73,12 @@ async def test_a_turn_writes_the_instance_row_only_when_its_outcome_changes_it(
             [{"id": f"rows-{i}"} for i in range(10)])
         for inst in instances:
             assert (await inst.wait_for_status("complete", timeout=20)).output == 10
+    for statement, args in driver_statements:
+        if statement.lstrip().startswith("WITH turns AS"):  # turns decided ahead (PostgreSQL)
+            # The row is written (not only its fence moved) where the turn says "write".
+            turns = orjson.loads(_bound(args, "turns"))
+            instance_writes += sum(1 for t in turns.values() if t["write"])
+            step_writes.append(statement)
     # Per instance: queued -> running, then running -> complete. The four turns in between
     # each end a step and start the next, which leaves the instance row as it was.
     assert instance_writes == 2 * len(instances)
@@ -85,26 +87,27 @@ async def test_a_turn_writes_the_instance_row_only_when_its_outcome_changes_it(
 
 
 async def test_on_postgresql_every_turn_of_a_step_sequence_is_one_statement(
-    stack: Stack,
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """On PostgreSQL the first turn (the create message announces the row), the turns
     that end a step and start the next, and the last turn (the instance completes) skip
     the lock, BEGIN and COMMIT; on SQLite each is a locked transaction."""
     worker = stack.worker([FiveSteps])
-    locks = continuations = 0
+    locks = 0
+    driver_statements = record_driver_statements(worker.db, monkeypatch)
 
     def count(conn: Any, cursor: Any, statement: str, parameters: Any, context: Any,
               executemany: bool) -> None:
-        nonlocal locks, continuations
+        nonlocal locks
         if statement.startswith("UPDATE warren_instances SET fence=CASE"):
             locks += 1
-        elif statement.lstrip().startswith("WITH turns AS"):
-            continuations += 1
 
     event.listen(worker.db.engine.sync_engine, "before_cursor_execute", count)
     async with worker, stack.client() as client:
         inst = await client.workflow("five-steps").create(id="one-statement")
         assert (await inst.wait_for_status("complete", timeout=20)).output == 10
+    continuations = sum(1 for statement, _ in driver_statements
+                        if statement.lstrip().startswith("WITH turns AS"))
     if stack.database_url.startswith("postgresql"):
         assert (locks, continuations) == (0, 6)
     else:
