@@ -95,6 +95,14 @@ _TRANSIENT = int(aio_pika.DeliveryMode.NOT_PERSISTENT)
 _PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
 
 
+def _content_frames(raw: aiormq.Channel, properties: aiormq.spec.Basic.Properties,
+                    body: bytes) -> list[Any]:
+    """A message's content header and its body, split at the channel's frame size."""
+    return [ContentHeader(properties=properties, body_size=len(body)),
+            *(ContentBody(body[i:i + raw.max_content_size])
+              for i in range(0, len(body), raw.max_content_size))]
+
+
 def _table(values: Mapping[str, FieldValue]) -> FieldTable:
     return dict(values)
 
@@ -478,38 +486,81 @@ class RabbitBroker(Broker):
         unchecked = [m for m in messages if m.exchange in UNCHECKED_EXCHANGES]
         confirmed = await channel.get_underlay_channel()
         unconfirmed = await self._unconfirmed.get_underlay_channel()
-        assert isinstance(unconfirmed, aiormq.Channel)
-        # One publish for all the notifications (named by the first of them), one each for
-        # the others.
-        publishes = ([self._publish_unconfirmed(unconfirmed, unchecked)] if unchecked else [])
-        publishes += [self._publish_confirmed(confirmed, message) for message in checked]
-        named = unchecked[:1] + checked
+        assert isinstance(unconfirmed, aiormq.Channel) and isinstance(confirmed, aiormq.Channel)
+        # One write for all the notifications, one for all the others.
+        publishes: list[Awaitable[list[BaseException | None]]] = []
+        groups = [group for group in (unchecked, checked) if group]
+        if unchecked:
+            publishes.append(self._publish_unconfirmed(unconfirmed, unchecked))
+        if checked:
+            publishes.append(self._publish_confirmed(confirmed, checked))
         try:
             async with asyncio.timeout(self._publish_timeout_s):
                 results = await asyncio.gather(*publishes, return_exceptions=True)
         except TimeoutError:
             raise PublishError(f"{len(messages)} messages not all confirmed within "
                                f"{self._publish_timeout_s} s") from None
-        failures = [(message, result) for message, result in zip(named, results, strict=True)
-                    if isinstance(result, BaseException)]
+        failures: list[tuple[OutgoingMessage, BaseException]] = []
+        for group, result in zip(groups, results, strict=True):
+            if isinstance(result, BaseException):  # the group's write itself failed
+                failures.append((group[0], result))
+            else:
+                failures += [(m, e) for m, e in zip(group, result, strict=True) if e is not None]
         if failures:
             message, error = failures[0]
             raise PublishError(
-                f"{len(failures)} of {len(named)} publishes failed; first: "
+                f"{len(failures)} of {len(messages)} messages failed; first: "
                 f"{message.exchange}:{message.routing_key}: {error!r}"
             ) from error
 
-    async def _publish_confirmed(self, raw: aiormq.abc.AbstractChannel,
-                                 message: OutgoingMessage) -> None:
-        """Publish ``message`` as ``mandatory`` and wait for the broker's confirm."""
-        exchange, routing_key, properties = self._addressed(message)
-        await raw.basic_publish(
-            message.body, exchange=exchange, routing_key=routing_key, properties=properties,
-            mandatory=True,
-        )
+    async def _publish_confirmed(self, raw: aiormq.Channel, messages: Sequence[OutgoingMessage]
+                                 ) -> list[BaseException | None]:
+        """Publish ``messages`` as ``mandatory`` in one write to the socket and wait for the
+        broker's confirm of each; return each one's failure (a return, a nack) or ``None``.
+
+        ``basic_publish`` takes the channel's lock, waits for the writer and makes one socket
+        write per message. Here the same bookkeeping (a delivery tag and a confirmation
+        future per message, its message id for matching a ``basic.return``) is done for all
+        of them under one hold of the lock, and their frames go out together, in order.
+        """
+        frames: list[Any] = []
+        pending: list[tuple[asyncio.Future[Any], str, int]] = []
+        async with raw.lock:
+            first_tag = raw.delivery_tag
+            try:
+                for message in messages:
+                    exchange, routing_key, properties = self._addressed(message)
+                    if not properties.message_id:  # returns are matched by message id
+                        properties.message_id = uuid.uuid4().hex
+                    raw.delivery_tag += 1
+                    confirmation = raw.create_future()
+                    raw.confirmations[raw.delivery_tag] = confirmation
+                    raw.message_id_delivery_tag[properties.message_id] = raw.delivery_tag
+                    pending.append((confirmation, properties.message_id, raw.delivery_tag))
+                    frames.append(aiormq.spec.Basic.Publish(
+                        exchange=exchange, routing_key=routing_key, mandatory=True))
+                    frames += _content_frames(raw, properties, message.body)
+                drained = raw.create_future()
+                await raw.write_queue.put(
+                    ChannelFrame.marshall(raw.number, frames, drain_future=drained))
+            except BaseException:
+                # Nothing was queued: the broker never saw these tags, so they are reused.
+                raw.delivery_tag = first_tag
+                for confirmation, message_id, tag in pending:
+                    raw.confirmations.pop(tag, None)
+                    raw.message_id_delivery_tag.pop(message_id, None)
+                    confirmation.cancel()
+                raise
+            await drained
+        outcomes = await asyncio.gather(*(c for c, _, _ in pending), return_exceptions=True)
+        for _, message_id, tag in pending:
+            if raw.message_id_delivery_tag.get(message_id) == tag:
+                del raw.message_id_delivery_tag[message_id]
+        return [o if isinstance(o, BaseException) else None for o in outcomes]
 
     async def _publish_unconfirmed(self, raw: aiormq.Channel,
-                                   messages: Sequence[OutgoingMessage]) -> None:
+                                   messages: Sequence[OutgoingMessage]
+                                   ) -> list[BaseException | None]:
         """Publish ``messages`` (no confirms, not mandatory) as one write to the socket.
 
         ``basic_publish`` takes the channel's lock, waits for the writer and makes one
@@ -521,11 +572,10 @@ class RabbitBroker(Broker):
         for message in messages:
             exchange, routing_key, properties = self._addressed(message)
             frames.append(aiormq.spec.Basic.Publish(exchange=exchange, routing_key=routing_key))
-            frames.append(ContentHeader(properties=properties, body_size=len(message.body)))
-            frames += [ContentBody(message.body[i:i + raw.max_content_size])
-                       for i in range(0, len(message.body), raw.max_content_size)]
+            frames += _content_frames(raw, properties, message.body)
         async with raw.lock:
             await raw.write_queue.put(ChannelFrame.marshall(raw.number, frames))
+        return [None] * len(messages)
 
     def _addressed(self, message: OutgoingMessage
                    ) -> tuple[str, str, aiormq.spec.Basic.Properties]:

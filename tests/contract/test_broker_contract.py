@@ -284,6 +284,32 @@ async def test_batch_with_unroutable_message_raises_but_delivers_the_rest(broker
     assert inbox.bodies == [b"ok"]
 
 
+async def test_confirmed_messages_of_concurrent_publishes_are_each_confirmed(
+    broker: Broker,
+) -> None:
+    # On RabbitMQ the confirmed messages of one publish go out as one socket write, each with
+    # its own delivery tag: concurrent publishes on the channel must not mix them up, a
+    # returned (unroutable) message must fail alone, and the channel must go on confirming.
+    wf = new_workflow()
+    await broker.declare_workflow(wf)
+    big = b'"' + b"y" * 300_000 + b'"'
+    batch = [create(wf, big if i == 7 else str(i).encode()) for i in range(30)]
+    await asyncio.gather(broker.publish(batch[:15]), broker.publish(batch[15:]))
+    with pytest.raises(PublishError, match="nosuchworkflow"):
+        await broker.publish([create(wf, b"a"),
+                              OutgoingMessage("internal", "nosuchworkflow", b"lost"),
+                              create(wf, b"b")])
+    await broker.publish([create(wf, b"after")])
+    inbox = Inbox()
+    await broker.consume(wf, inbox, prefetch=100)
+    await inbox.wait(33)
+    got = inbox.bodies
+    assert sorted(got) == sorted([m.body for m in batch] + [b"a", b"b", b"after"])
+    for part in (batch[:15], batch[15:]):  # each publish in its own order
+        bodies = [m.body for m in part]
+        assert [b for b in got if b in bodies] == bodies
+
+
 async def test_lifecycle_without_subscribers_is_not_an_error(broker: Broker) -> None:
     await broker.publish([OutgoingMessage("lifecycle", "wf.i1.instance.complete", b"{}")])
 
