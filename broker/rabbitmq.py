@@ -31,6 +31,7 @@ of RabbitMQ behaviour this module relies on:
 from __future__ import annotations
 
 import asyncio
+import functools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from datetime import datetime
@@ -93,6 +94,14 @@ _CHANNEL_GONE = (ChannelInvalidStateError, AMQPError, ConnectionError)
 
 _TRANSIENT = int(aio_pika.DeliveryMode.NOT_PERSISTENT)
 _PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
+
+
+def _forget_message_id(raw: aiormq.Channel, message_id: str, tag: int,
+                       _settled: object = None) -> None:
+    """Drop a publish's message id from the channel's return matching, unless a later
+    publish has taken it over (also a done-callback of the publish's confirmation)."""
+    if raw.message_id_delivery_tag.get(message_id) == tag:
+        del raw.message_id_delivery_tag[message_id]
 
 
 def _content_frames(raw: aiormq.Channel, properties: aiormq.spec.Basic.Properties,
@@ -523,8 +532,15 @@ class RabbitBroker(Broker):
         future per message, its message id for matching a ``basic.return``) is done for all
         of them under one hold of the lock, and their frames go out together, in order.
         """
+        ids = [m.message_id for m in messages if m.message_id]
+        if len(set(ids)) != len(ids):
+            # A return is matched to its publish by message id: messages sharing one go
+            # one at a time, each confirmed before the next is sent.
+            return [outcome for message in messages
+                    for outcome in await self._publish_confirmed(raw, [message])]
         frames: list[Any] = []
         pending: list[tuple[asyncio.Future[Any], str, int]] = []
+        drained: asyncio.Future[Any] | None = None
         async with raw.lock:
             first_tag = raw.delivery_tag
             try:
@@ -548,14 +564,19 @@ class RabbitBroker(Broker):
                 raw.delivery_tag = first_tag
                 for confirmation, message_id, tag in pending:
                     raw.confirmations.pop(tag, None)
-                    raw.message_id_delivery_tag.pop(message_id, None)
+                    _forget_message_id(raw, message_id, tag)
                     confirmation.cancel()
+                if drained is not None:
+                    drained.cancel()
                 raise
+            # Queued: from now on a message id is forgotten when its confirmation settles in
+            # any way (a timeout cancels it), as basic_publish does; a late basic.return
+            # must not find a cancelled future (setting it would close the channel).
+            for confirmation, message_id, tag in pending:
+                confirmation.add_done_callback(
+                    functools.partial(_forget_message_id, raw, message_id, tag))
             await drained
         outcomes = await asyncio.gather(*(c for c, _, _ in pending), return_exceptions=True)
-        for _, message_id, tag in pending:
-            if raw.message_id_delivery_tag.get(message_id) == tag:
-                del raw.message_id_delivery_tag[message_id]
         return [o if isinstance(o, BaseException) else None for o in outcomes]
 
     async def _publish_unconfirmed(self, raw: aiormq.Channel,

@@ -21,6 +21,9 @@ from sdk.errors import EngineUnavailableError, ValidationError
 
 log = structlog.get_logger("warren.store")
 
+#: How long closing waits for the driver pool's connections to be given back.
+_DRIVER_POOL_CLOSE_S = 10.0
+
 #: Keys of SQLAlchemy's asyncpg connect arguments that its adapter takes, not asyncpg.
 _ADAPTER_ONLY_ARGS = ("prepared_statement_cache_size", "prepared_statement_name_func",
                       "async_creator_fn")
@@ -119,10 +122,15 @@ class Database:
             yield conn
 
     async def close(self) -> None:
-        if self._driver_pool is not None:
-            await self._driver_pool.close()
-            self._driver_pool = None
-        await self.engine.dispose()
+        pool, self._driver_pool = self._driver_pool, None
+        try:
+            if pool is not None:
+                try:
+                    await asyncio.wait_for(pool.close(), _DRIVER_POOL_CLOSE_S)
+                except TimeoutError:  # a connection still checked out: close it hard
+                    pool.terminate()
+        finally:
+            await self.engine.dispose()
 
 
 async def _session_unchanged(conn: asyncpg.Connection) -> None:

@@ -310,6 +310,23 @@ async def test_confirmed_messages_of_concurrent_publishes_are_each_confirmed(
         assert [b for b in got if b in bodies] == bodies
 
 
+async def test_a_returned_message_is_told_apart_from_one_sharing_its_message_id(
+    broker: Broker,
+) -> None:
+    # basic.return is matched to its publish by message id (aiormq): of two messages
+    # published together with one id, the one that came back is the one that fails.
+    wf = new_workflow()
+    await broker.declare_workflow(wf)
+    with pytest.raises(PublishError, match=r"(first|unroutable): internal:nosuchworkflow"):
+        await broker.publish([OutgoingMessage("internal", "nosuchworkflow", b"lost",
+                                              message_id="shared"),
+                              create(wf, b"kept", message_id="shared")])
+    inbox = Inbox()
+    await broker.consume(wf, inbox, prefetch=10)
+    await inbox.wait(1)
+    assert inbox.bodies == [b"kept"]
+
+
 async def test_lifecycle_without_subscribers_is_not_an_error(broker: Broker) -> None:
     await broker.publish([OutgoingMessage("lifecycle", "wf.i1.instance.complete", b"{}")])
 
@@ -640,9 +657,13 @@ async def test_rabbit_publish_fails_in_time_when_confirms_stop_coming(rabbit_url
         proxy.stall()
         started = time.monotonic()
         with pytest.raises(PublishError, match=r"not all confirmed within 0\.5 s"):
-            await broker.publish([create(wf, b"a"), create(wf, b"b")])
+            # The unroutable one comes back (basic.return) only after the publish gave up.
+            await broker.publish([create(wf, b"a"),
+                                  OutgoingMessage("internal", "nosuchworkflow", b"late"),
+                                  create(wf, b"b")])
         assert time.monotonic() - started < 5
         proxy.flow()
+        # The late return must not break the channel: the next publish is confirmed.
         await broker.publish([create(wf, b"and through again")])
     finally:
         proxy.flow()
