@@ -16,7 +16,7 @@ from sqlmodel import SQLModel
 
 from engine._settings import DEFAULT_DATABASE_URL
 from engine._store import _schema as schema
-from engine._store._decided_turns import ABORT_FUNCTION
+from engine._store._driver import ABORT_FUNCTION
 from sdk.errors import EngineUnavailableError, ValidationError
 
 log = structlog.get_logger("warren.store")

@@ -38,23 +38,10 @@ from sqlalchemy import text
 
 from engine import _history as h
 from engine._replay import TurnOutcome
-from engine._store._driver import DriverStatement
+from engine._store._driver import DriverStatement, StatementAborted
 from engine._store._gates import ALL, OPEN_MARGIN, SlotsContended, wants_slot
 from engine._store._schema import events, gates, instances, step_attempts, steps
 from engine._store._turns import attempt_rows, instance_values, step_rows, unchanged
-
-ABORT_SQLSTATE = "WA001"
-"""The SQLSTATE of ``warren_abort``: a statement that found it must not be written."""
-
-ABORT_FUNCTION = f"""
-CREATE OR REPLACE FUNCTION warren_abort(reason text) RETURNS boolean
-LANGUAGE plpgsql VOLATILE AS $$
-BEGIN
-    RAISE EXCEPTION USING ERRCODE = '{ABORT_SQLSTATE}', MESSAGE = reason;
-END
-$$
-"""
-"""Created with the schema on PostgreSQL: lets one statement roll itself back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,11 +205,9 @@ async def write_decided_turns(
         "started": _json(attempt_rows(decided, now_ms)),
     }
     try:
-        rows = await conn.fetch(_WRITE.sql, *_WRITE.args(params))
-    except asyncpg.PostgresError as exc:
-        if exc.sqlstate == ABORT_SQLSTATE:
-            raise SlotsContended(workflow) from None
-        raise
+        rows = await _WRITE.fetch(conn, params)
+    except StatementAborted:
+        raise SlotsContended(workflow) from None
     return {row[0] for row in rows}
 
 

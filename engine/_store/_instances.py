@@ -15,9 +15,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import _history as h
 from engine._codec import decode_json
-from engine._store._decided_turns import ABORT_SQLSTATE
 from engine._store._dialects import CONFLICT_INSERTS, conflict_insert
-from engine._store._driver import DriverStatement
+from engine._store._driver import DriverStatement, StatementAborted
 from engine._store._schema import instances, step_attempts, steps, workflows
 from sdk.errors import InstanceExistsError
 
@@ -79,14 +78,12 @@ async def create_instances_alone(
     if len(set(ids)) != len(ids):
         return None
     try:
-        rows = await conn.fetch(_INSERT_NEW_ALONE.sql, *_INSERT_NEW_ALONE.args({
+        rows = await _INSERT_NEW_ALONE.fetch(conn, {
             "workflow": workflow, "now": now_ms, "n": len(items), "ids": ids,
             "params": [i.params for i in items], "tokens": [i.token for i in items],
-        }))
-    except asyncpg.PostgresError as exc:
-        if exc.sqlstate == ABORT_SQLSTATE:
-            return None
-        raise
+        })
+    except StatementAborted:
+        return None
     return None if len(rows) != len(ids) else {row[0]: row[1] for row in rows}
 
 
