@@ -50,9 +50,7 @@ from aio_pika.abc import (
 )
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 from aiormq.abc import ChannelFrame
-from pamqp.body import ContentBody
 from pamqp.common import FieldTable, FieldValue
-from pamqp.header import ContentHeader
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -75,6 +73,7 @@ from broker._base import (
     OutgoingMessage,
     PublishError,
 )
+from broker._frames import publish_frames
 from broker._topology import (
     DEFAULT_DELAY_BITS,
     DEFAULT_NAMESPACE,
@@ -102,14 +101,6 @@ def _forget_message_id(raw: aiormq.Channel, message_id: str, tag: int,
     publish has taken it over (also a done-callback of the publish's confirmation)."""
     if raw.message_id_delivery_tag.get(message_id) == tag:
         del raw.message_id_delivery_tag[message_id]
-
-
-def _content_frames(raw: aiormq.Channel, properties: aiormq.spec.Basic.Properties,
-                    body: bytes) -> list[Any]:
-    """A message's content header and its body, split at the channel's frame size."""
-    return [ContentHeader(properties=properties, body_size=len(body)),
-            *(ContentBody(body[i:i + raw.max_content_size])
-              for i in range(0, len(body), raw.max_content_size))]
 
 
 def _table(values: Mapping[str, FieldValue]) -> FieldTable:
@@ -538,27 +529,24 @@ class RabbitBroker(Broker):
             # one at a time, each confirmed before the next is sent.
             return [outcome for message in messages
                     for outcome in await self._publish_confirmed(raw, [message])]
-        frames: list[Any] = []
+        frames: list[bytes] = []
         pending: list[tuple[asyncio.Future[Any], str, int]] = []
         drained: asyncio.Future[Any] | None = None
         async with raw.lock:
             first_tag = raw.delivery_tag
             try:
                 for message in messages:
-                    exchange, routing_key, properties = self._addressed(message)
-                    if not properties.message_id:  # returns are matched by message id
-                        properties.message_id = uuid.uuid4().hex
+                    # Returns are matched by message id, so every message gets one.
+                    message_id = message.message_id or uuid.uuid4().hex
+                    frames += self._frames(raw, message, message_id, mandatory=True)
                     raw.delivery_tag += 1
                     confirmation = raw.create_future()
                     raw.confirmations[raw.delivery_tag] = confirmation
-                    raw.message_id_delivery_tag[properties.message_id] = raw.delivery_tag
-                    pending.append((confirmation, properties.message_id, raw.delivery_tag))
-                    frames.append(aiormq.spec.Basic.Publish(
-                        exchange=exchange, routing_key=routing_key, mandatory=True))
-                    frames += _content_frames(raw, properties, message.body)
+                    raw.message_id_delivery_tag[message_id] = raw.delivery_tag
+                    pending.append((confirmation, message_id, raw.delivery_tag))
                 drained = raw.create_future()
                 await raw.write_queue.put(
-                    ChannelFrame.marshall(raw.number, frames, drain_future=drained))
+                    ChannelFrame(b"".join(frames), should_close=False, drain_future=drained))
             except BaseException:
                 # Nothing was queued: the broker never saw these tags, so they are reused.
                 raw.delivery_tag = first_tag
@@ -589,36 +577,31 @@ class RabbitBroker(Broker):
         of a worker's busy time (py-spy). Without confirms there is nothing to wait for per
         message, so their frames are queued together, in order, under one hold of the lock.
         """
-        frames: list[Any] = []
-        for message in messages:
-            exchange, routing_key, properties = self._addressed(message)
-            frames.append(aiormq.spec.Basic.Publish(exchange=exchange, routing_key=routing_key))
-            frames += _content_frames(raw, properties, message.body)
+        payload = b"".join(frame for message in messages for frame in
+                           self._frames(raw, message, message.message_id, mandatory=False))
         async with raw.lock:
-            await raw.write_queue.put(ChannelFrame.marshall(raw.number, frames))
+            await raw.write_queue.put(ChannelFrame(payload, should_close=False))
         return [None] * len(messages)
 
-    def _addressed(self, message: OutgoingMessage
-                   ) -> tuple[str, str, aiormq.spec.Basic.Properties]:
-        """Where ``message`` goes on the wire (a delayed one: to its delay level) and its
-        properties."""
-        headers = dict(message.headers)
+    def _frames(self, raw: aiormq.Channel, message: OutgoingMessage, message_id: str | None,
+                *, mandatory: bool) -> list[bytes]:
+        """The wire frames of ``message`` on ``raw``; a delayed one goes to its delay level."""
+        headers = message.headers
         exchange = self.topology.exchange(message.exchange)
         routing_key = message.routing_key
         if message.delay_ms:
             delay, remaining = self.topology.split_delay(message.delay_ms)
             if remaining:
-                headers[REMAINING_DELAY_HEADER] = remaining
+                headers = {**headers, REMAINING_DELAY_HEADER: remaining}
             exchange = self.topology.delay_entry_exchange
             routing_key = self.topology.delay_routing_key(delay, message.routing_key)
-        properties = aiormq.spec.Basic.Properties(
-            content_type="application/json",
-            headers=_table(headers) if headers else None,
+        return publish_frames(
+            raw.number, raw.max_content_size, exchange, routing_key, message.body,
+            mandatory=mandatory, content_type="application/json",
+            headers=headers or None,
             delivery_mode=_TRANSIENT if message.delay_ms else _PERSISTENT,
-            message_id=message.message_id,
-            priority=message.priority,
+            message_id=message_id, priority=message.priority,
         )
-        return exchange, routing_key, properties
 
     async def consume(self, workflow: str, handler: DeliveryHandler, *, prefetch: int) -> Consumer:
         if prefetch < 1:
