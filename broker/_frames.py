@@ -1,4 +1,5 @@
-"""A ``basic.publish`` on the wire: one message's method, content header and body frames.
+"""Publishes and settlements on the wire: a message's method, content header and body
+frames, and the ``basic.ack`` / ``basic.nack`` of a delivery.
 
 pamqp encodes a frame by building an object for it and dispatching every field on its
 declared type; for the five properties Warren sets, that was most of a publishing client's
@@ -141,3 +142,15 @@ def _table_value(value: HeaderValue) -> bytes | None:
     if value is None:
         return b"V"
     return None
+
+
+_SETTLE: Final = struct.Struct(">HHQB")  # class 60, method, delivery tag, bits
+_ACK_METHOD, _NACK_METHOD = 80, 120
+
+
+def settle_frame(channel: int, delivery_tag: int, *, ack: bool, requeue: bool = True) -> bytes:
+    """The ``basic.ack``, or ``basic.nack`` (requeueing or not), of one delivery."""
+    if ack:
+        return _frame(_METHOD_FRAME, channel, _SETTLE.pack(60, _ACK_METHOD, delivery_tag, 0))
+    bits = 0b10 if requeue else 0  # bit 0: multiple (never), bit 1: requeue
+    return _frame(_METHOD_FRAME, channel, _SETTLE.pack(60, _NACK_METHOD, delivery_tag, bits))

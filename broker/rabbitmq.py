@@ -73,7 +73,7 @@ from broker._base import (
     OutgoingMessage,
     PublishError,
 )
-from broker._frames import publish_frames
+from broker._frames import publish_frames, settle_frame
 from broker._topology import (
     DEFAULT_DELAY_BITS,
     DEFAULT_NAMESPACE,
@@ -159,11 +159,18 @@ class _RabbitDelivery(Delivery):
 
     async def ack(self) -> None:
         if self._begin_settle():
-            await self._quietly(self._message.ack())
+            await self._quietly(self._settle(ack=True))
 
     async def nack(self, *, requeue: bool = True) -> None:
         if self._begin_settle():
-            await self._quietly(self._message.nack(requeue=requeue))
+            await self._quietly(self._settle(ack=False, requeue=requeue))
+
+    async def _settle(self, *, ack: bool, requeue: bool = True) -> None:
+        assert self._consumer is not None and self._message.delivery_tag is not None
+        raw = self._message.channel  # the channel it came on: a tag means nothing elsewhere
+        assert isinstance(raw, aiormq.Channel)
+        await self._consumer.settlements(raw).write(
+            settle_frame(raw.number, self._message.delivery_tag, ack=ack, requeue=requeue))
 
     async def dead_letter(self, reason: str) -> None:
         if self._consumer is not None:
@@ -191,12 +198,57 @@ class _RabbitDelivery(Delivery):
             )
 
 
+class _Settlements:
+    """The acks and nacks of one consumer channel, written together.
+
+    aio-pika queues, writes and drains every settlement on its own: a turn that acks its
+    batch made a socket write per delivery (py-spy: 6 % of a busy worker in the acks, 9 %
+    in socket writes). Settlements issued in the same pass of the event loop (a turn's
+    ``gather`` of acks) go out here as one write, and each still waits for it to drain.
+    """
+
+    def __init__(self, raw: aiormq.Channel) -> None:
+        self.raw = raw
+        self._frames: list[bytes] = []
+        self._drained: asyncio.Future[Any] | None = None
+        self._writer: asyncio.Task[None] | None = None
+
+    async def write(self, frame: bytes) -> None:
+        if self.raw.is_closed:
+            raise ChannelInvalidStateError(f"{self.raw!r} closed")
+        if self._drained is None:
+            # The writer runs after the tasks already scheduled in this pass, so their
+            # settlements join this write.
+            self._drained = self.raw.create_future()
+            self._writer = asyncio.create_task(self._write_pending(self._drained))
+        drained = self._drained
+        self._frames.append(frame)
+        await asyncio.shield(drained)  # one caller's cancellation must not fail the others
+
+    async def _write_pending(self, drained: asyncio.Future[Any]) -> None:
+        frames, self._frames, self._drained = self._frames, [], None
+        try:
+            await self.raw.write_queue.put(
+                ChannelFrame(b"".join(frames), should_close=False, drain_future=drained))
+        except BaseException as exc:
+            if not drained.done():
+                drained.set_exception(ChannelInvalidStateError(f"settling failed: {exc!r}"))
+            raise
+
+
 class _RabbitConsumer(Consumer):
     def __init__(self, broker: RabbitBroker, channel: AbstractChannel, handler: DeliveryHandler):
         self._broker = broker
         self._channel = channel
         self._handler = handler
+        self._settlements: _Settlements | None = None
         self.active = True
+
+    def settlements(self, raw: aiormq.Channel) -> _Settlements:
+        """The settlement writer of ``raw`` (a new one once the channel was replaced)."""
+        if self._settlements is None or self._settlements.raw is not raw:
+            self._settlements = _Settlements(raw)
+        return self._settlements
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         if not self.active:

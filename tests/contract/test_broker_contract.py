@@ -27,6 +27,7 @@ from broker import (
     OutgoingMessage,
     PublishError,
     broker_from_url,
+    rabbitmq,
 )
 from broker._topology import DEFAULT_DELAY_BITS
 from broker.memory import MemoryBroker
@@ -414,6 +415,44 @@ async def test_nack_without_requeue_dead_letters(broker: Broker) -> None:
     assert dead is not None and dead.body == b"rejected"
     assert dead.exchange == "dead"
     assert "x-death" not in dead.headers
+
+
+async def test_settlements_issued_together_each_take_effect(
+    broker: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On RabbitMQ the acks and nacks issued in one pass of the event loop (a turn acking its
+    # batch) go out as one socket write: each must still settle its own delivery.
+    writes = 0
+    if isinstance(broker, RabbitBroker):
+        write_pending = rabbitmq._Settlements._write_pending
+
+        async def counted(self: Any, drained: asyncio.Future[Any]) -> None:
+            nonlocal writes
+            writes += 1
+            await write_pending(self, drained)
+
+        monkeypatch.setattr(rabbitmq._Settlements, "_write_pending", counted)
+    wf = new_workflow()
+    await broker.declare_workflow(wf)
+    await broker.publish([create(wf, str(i).encode()) for i in range(30)])
+    held = Inbox(settle=None)
+    consumer = await broker.consume(wf, held, prefetch=100)
+    await held.wait(30)
+    await asyncio.gather(*(
+        d.ack() if int(d.body) % 3 == 0 else d.nack(requeue=int(d.body) % 3 == 1)
+        for d in held.deliveries))
+    if isinstance(broker, RabbitBroker):
+        assert writes == 1
+    await consumer.cancel()  # what was not settled would come back now
+    again = Inbox()
+    await broker.consume(wf, again, prefetch=100)
+    await again.wait(10)
+    dead = [await broker.get_dead(timeout_s=10) for _ in range(10)]  # type: ignore[attr-defined]
+    assert sorted(int(b) for b in again.bodies) == [i for i in range(30) if i % 3 == 1]
+    assert sorted(int(d.body) for d in dead) == [i for i in range(30) if i % 3 == 2]
+    await eventually(lambda: len(again.deliveries) == 10)
+    assert await broker.queue_depth(wf) == 0  # type: ignore[attr-defined]
+    assert await broker.get_dead(timeout_s=0.1) is None  # type: ignore[attr-defined]
 
 
 # -- delays -----------------------------------------------------------------------------------

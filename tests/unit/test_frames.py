@@ -12,7 +12,7 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
 from broker._base import HeaderValue
-from broker._frames import publish_frames
+from broker._frames import publish_frames, settle_frame
 
 INTEGERS = [0, 1, -1, 127, 128, -128, -129, 32767, 32768, -32768, -32769, 65535, 65536,
             2**31 - 1, 2**31, -(2**31), -(2**31) - 1, 2**32 - 1, 2**32, 2**63 - 1, -(2**63)]
@@ -97,3 +97,11 @@ def test_out_of_range_octet_is_refused() -> None:
     with pytest.raises(ValueError, match="octet"):
         publish_frames(1, 4096, "ex", "rk", b"", mandatory=True, content_type=None,
                        headers=None, delivery_mode=2, message_id=None, priority=256)
+
+
+@pytest.mark.parametrize(("ack", "requeue"), [(True, True), (False, True), (False, False)])
+@pytest.mark.parametrize("tag", [1, 2**32, 2**63 - 1])
+def test_settle_frame_matches_pamqp(ack: bool, requeue: bool, tag: int) -> None:
+    method = (commands.Basic.Ack(delivery_tag=tag) if ack
+              else commands.Basic.Nack(delivery_tag=tag, requeue=requeue))
+    assert settle_frame(5, tag, ack=ack, requeue=requeue) == frame.marshal(method, 5)
