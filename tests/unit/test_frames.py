@@ -74,6 +74,8 @@ def test_publish_frames_decode_back() -> None:
         decoded.append((channel, value))
         raw = raw[consumed:]
     (_, method), (_, header), (_, body) = decoded
+    assert isinstance(method, commands.Basic.Publish)
+    assert isinstance(header, ContentHeader) and isinstance(body, ContentBody)
     assert {c for c, _ in decoded} == {3}
     assert (method.exchange, method.routing_key, method.mandatory) == ("ex", "rk", True)
     assert header.body_size == 4
