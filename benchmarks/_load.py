@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 import psutil
 
@@ -82,4 +84,59 @@ class LoadMeter:
             "machine_busy_pct": round((1 - idle / total) * 100, 1) if total > 0 else 0.0,
             "services_cpu_pct": pct(split["services"]),
             "foreign_cpu_pct": pct(split["foreign"]),
+        }
+
+
+_RABBITMQ = frozenset({"beam.smp", "epmd", "erl_child_setup", "inet_gethost"})
+
+
+def _service_cpu() -> dict[str, float]:
+    """CPU seconds so far of RabbitMQ's and PostgreSQL's processes."""
+    out = {"rabbitmq": 0.0, "postgresql": 0.0}
+    for proc in psutil.process_iter(["name", "cpu_times"]):
+        name, times = proc.info["name"], proc.info["cpu_times"]
+        if times is None:
+            continue
+        kind = ("rabbitmq" if name in _RABBITMQ else "postgresql" if name == "postgres"
+                else None)
+        if kind is not None:
+            out[kind] += times.user + times.system
+    return out
+
+
+class CpuWindow:
+    """Where the machine's CPU went over part of a run: how busy the machine was, and the
+    cores the workers, RabbitMQ, PostgreSQL and this process (the benchmark's client) used.
+
+    On 2 cores this is what bounds ``scale-out``: a second worker can only add what one
+    worker leaves idle, less what the services spend on its extra steps.
+    """
+
+    def __init__(self, worker_cpu: Callable[[], float]) -> None:
+        self._worker_cpu = worker_cpu
+        self._start = self._sample()
+
+    def _sample(self) -> tuple[float, Any, float, dict[str, float], float]:
+        own = psutil.Process().cpu_times()
+        return (time.monotonic(), psutil.cpu_times(), self._worker_cpu(), _service_cpu(),
+                own.user + own.system)
+
+    def stop(self) -> dict[str, Any]:
+        (t0, system0, workers0, services0, own0) = self._start
+        (t1, system1, workers1, services1, own1) = self._sample()
+        elapsed = max(t1 - t0, 1e-6)
+        total = sum(system1) - sum(system0)
+        idle = (system1.idle + getattr(system1, "iowait", 0.0)) - (
+            system0.idle + getattr(system0, "iowait", 0.0))
+
+        def cores(seconds: float) -> float:
+            return round(seconds / elapsed, 2)
+
+        return {
+            "busy_pct": round((1 - idle / total) * 100, 1) if total > 0 else 0.0,
+            "cores": {
+                "workers": cores(workers1 - workers0),
+                **{k: cores(services1[k] - services0[k]) for k in services0},
+                "client": cores(own1 - own0),
+            },
         }

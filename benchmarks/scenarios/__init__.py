@@ -75,7 +75,7 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              WARREN_ENGINES, ("lateness_ms", "early", "rss_mb")),
     Scenario("scale-out", "scale_out",
              "throughput with 1, 2, 4 worker processes; also with the instances created first",
-             ("warren",), ("curve", "speedup_2_over_1", "backlog")),
+             ("warren",), ("curve", "speedup_2_over_1", "backlog", "machine")),
     Scenario("events", "events",
              "N instances waiting for an event; event -> step start latency",
              WARREN_ENGINES, ("available",)),

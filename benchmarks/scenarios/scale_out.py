@@ -26,6 +26,8 @@ async def run(engine: str, opts: Options) -> dict[str, Any]:
     curve: dict[str, float] = {}
     create_phase_s: dict[str, float] = {}
     backlog: dict[str, float] = {}
+    machine: dict[str, Any] = {}
+    backlog_machine: dict[str, Any] = {}
     # Every other run goes from the most workers to the fewest, so that a drift in the
     # machine's speed during the invocation hits no worker count alone (the CLI
     # interleaves engines for the same reason).
@@ -34,20 +36,27 @@ async def run(engine: str, opts: Options) -> dict[str, Any]:
         result = await warren_throughput(engine, opts, n, count, with_creation=False)
         curve[str(count)] = result["steps_per_s"]
         create_phase_s[str(count)] = result["create_phase_s"]
+        machine[str(count)] = result["machine"]
         result = await warren_throughput(engine, opts, n, count, with_creation=False,
                                          backlog=True)
         backlog[str(count)] = result["steps_per_s"]
-    def in_worker_order(points: dict[str, float]) -> dict[str, float]:
+        backlog_machine[str(count)] = result["machine"]
+
+    def in_worker_order(points: dict[str, Any]) -> dict[str, Any]:
         return {str(c): points[str(c)] for c in opts.worker_counts}
 
     return {
         "instances": n, "curve": in_worker_order(curve),
         "create_phase_s": in_worker_order(create_phase_s),
+        # How busy the machine was at each worker count, and who used the cores: a second
+        # worker can add at most what one leaves idle.
+        "machine": in_worker_order(machine),
         # The same instances created before the workers start, which then start on them
         # together: the benchmark's client takes no CPU from them while they run (with 4
         # workers on 2 cores it gets a smaller share of the CPU, and the creation, not the
         # workers, bounds the curve above).
-        "backlog": {"curve": in_worker_order(backlog)},
+        "backlog": {"curve": in_worker_order(backlog),
+                    "machine": in_worker_order(backlog_machine)},
     }
 
 

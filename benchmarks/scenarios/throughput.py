@@ -14,6 +14,7 @@ import asyncio
 import time
 from typing import Any
 
+from benchmarks._load import CpuWindow
 from benchmarks._options import Options
 from benchmarks._probe import PgProbe, activity_per_step, pg_activity, span_ms
 from benchmarks._stats import rate
@@ -54,14 +55,17 @@ async def warren_throughput(engine: str, opts: Options, n: int, workers: int,
             await target.start_workers(workers)
         cpu_before = target.worker_cpu_seconds()
         sql_before = await _sql(target)
+        window = CpuWindow(target.worker_cpu_seconds)
         t0 = time.time()
         await create_batched(target, WORKFLOW, [None] * n)
         created_s = time.time() - t0
         if backlog:
             t0 = await _start_together(target, workers)
             cpu_before = target.worker_cpu_seconds()
+            window = CpuWindow(target.worker_cpu_seconds)
         await wait_complete(target, WORKFLOW, n, limit_s=120 + n * 0.2,
                             interval=0.05)
+        machine = window.stop()
         _, last_ms = await span_ms(target.probe, WORKFLOW)
         elapsed = last_ms / 1000 - t0
         cpu_s = target.worker_cpu_seconds() - cpu_before
@@ -76,6 +80,8 @@ async def warren_throughput(engine: str, opts: Options, n: int, workers: int,
             "worker_cpu_s": round(cpu_s, 2),
             "worker_cpu_ms_per_step": round(cpu_s / (n * STEPS) * 1000, 3),
             "worker_rss_mb": round(rss / 2**20, 1),
+            # From the first create (backlog: the start) to the last completion seen.
+            "machine": machine,
         }
         if sql_before is not None and sql_after is not None:
             result["sql"] = activity_per_step(sql_before, sql_after, n * STEPS)

@@ -60,7 +60,8 @@ async def test_every_other_run_goes_from_the_most_workers_to_the_fewest(
     async def throughput(engine: str, opts: Options, n: int, workers: int, *,
                          with_creation: bool, backlog: bool = False) -> dict[str, Any]:
         started.append((workers, backlog))
-        return {"steps_per_s": 100.0 * workers + backlog, "create_phase_s": 0.1}
+        return {"steps_per_s": 100.0 * workers + backlog, "create_phase_s": 0.1,
+                "machine": {"busy_pct": 50.0 * workers + backlog}}
 
     monkeypatch.setattr(scale_out, "warren_throughput", throughput)
     first = await scale_out.run("warren", Options(run_index=0))
@@ -73,6 +74,10 @@ async def test_every_other_run_goes_from_the_most_workers_to_the_fewest(
         assert list(result["curve"]) == list(result["backlog"]["curve"]) == ["1", "2", "4"]
     assert first["backlog"]["curve"] == second["backlog"]["curve"] == {
         "1": 101.0, "2": 201.0, "4": 401.0}
+    # ... and each point keeps its own machine reading.
+    assert first["machine"] == second["machine"] == {
+        str(w): {"busy_pct": 50.0 * w} for w in (1, 2, 4)}
+    assert second["backlog"]["machine"]["4"] == {"busy_pct": 201.0}
 
 
 def test_the_cli_tells_each_run_its_index() -> None:
