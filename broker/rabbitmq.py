@@ -198,6 +198,15 @@ class _RabbitDelivery(Delivery):
             )
 
 
+def _channel_closing(raw: aiormq.Channel) -> bool:
+    """Whether ``raw`` takes no more settlements: aiormq's own ``basic_ack`` refuses once a
+    ``channel.close`` has arrived (its private close event), a pass or two before
+    ``is_closed`` turns true. A settlement sent after the close-ok would be a frame on a
+    channel the broker has freed: a connection error."""
+    close_event = getattr(raw, "_Channel__close_event", None)
+    return raw.is_closed or (close_event is not None and close_event.is_set())
+
+
 class _Settlements:
     """The acks and nacks of one consumer channel, written together.
 
@@ -211,29 +220,40 @@ class _Settlements:
         self.raw = raw
         self._frames: list[bytes] = []
         self._drained: asyncio.Future[Any] | None = None
-        self._writer: asyncio.Task[None] | None = None
+        self._writers: set[asyncio.Task[None]] = set()
 
     async def write(self, frame: bytes) -> None:
-        if self.raw.is_closed:
+        if _channel_closing(self.raw):
             raise ChannelInvalidStateError(f"{self.raw!r} closed")
         if self._drained is None:
             # The writer runs after the tasks already scheduled in this pass, so their
             # settlements join this write.
-            self._drained = self.raw.create_future()
-            self._writer = asyncio.create_task(self._write_pending(self._drained))
+            drained = self._drained = self.raw.create_future()
+            writer = asyncio.create_task(self._write_pending(drained))
+            self._writers.add(writer)
+            writer.add_done_callback(functools.partial(self._writer_done, drained))
         drained = self._drained
         self._frames.append(frame)
         await asyncio.shield(drained)  # one caller's cancellation must not fail the others
 
     async def _write_pending(self, drained: asyncio.Future[Any]) -> None:
         frames, self._frames, self._drained = self._frames, [], None
-        try:
-            await self.raw.write_queue.put(
-                ChannelFrame(b"".join(frames), should_close=False, drain_future=drained))
-        except BaseException as exc:
+        if drained.done() or _channel_closing(self.raw):
+            # The channel closed since these were issued: the broker requeues them.
             if not drained.done():
-                drained.set_exception(ChannelInvalidStateError(f"settling failed: {exc!r}"))
-            raise
+                drained.set_exception(ChannelInvalidStateError(f"{self.raw!r} closed"))
+            return
+        await self.raw.write_queue.put(
+            ChannelFrame(b"".join(frames), should_close=False, drain_future=drained))
+
+    def _writer_done(self, drained: asyncio.Future[Any], writer: asyncio.Task[None]) -> None:
+        self._writers.discard(writer)
+        if not writer.cancelled() and writer.exception() is None:
+            return  # queued: the connection's writer settles ``drained``
+        if self._drained is drained:  # cancelled before it took its batch
+            self._frames, self._drained = [], None
+        if not drained.done():
+            drained.set_exception(ChannelInvalidStateError("settling failed"))
 
 
 class _RabbitConsumer(Consumer):
