@@ -6,7 +6,9 @@ declared type; for the five properties Warren sets, that was most of a publishin
 CPU (2,000 ``create_batch`` creates: 0.22 of 0.50 s under cProfile) and a tenth of a busy
 worker's (py-spy). The message shapes Warren publishes are few and fixed, so they are encoded
 here directly, to exactly the bytes pamqp would produce (``tests/unit/test_frames.py``
-compares them); a header value of any other type is left to pamqp's encoder.
+compares them); a header value of any other type is left to pamqp's encoder. Its inputs
+are Warren's own (topology names, constants), so unlike pamqp it does not check exchange
+names or delivery modes; an over-long string or an octet out of range is a ``ValueError``.
 
 AMQP 0-9-1 §4.2.3: a frame is ``type:octet channel:short size:long payload 0xCE``; a
 ``basic.publish`` is followed by a content header (class, weight, body size, property flags,

@@ -603,6 +603,9 @@ class RabbitBroker(Broker):
                     for outcome in await self._publish_confirmed(raw, [message])]
         frames: list[bytes] = []
         pending: list[tuple[asyncio.Future[Any], str, int]] = []
+        # An id an earlier publish still awaits a confirm for: its mapping comes back if
+        # this publish is rolled back.
+        earlier: dict[str, int] = {}
         drained: asyncio.Future[Any] | None = None
         async with raw.lock:
             first_tag = raw.delivery_tag
@@ -614,6 +617,8 @@ class RabbitBroker(Broker):
                     raw.delivery_tag += 1
                     confirmation = raw.create_future()
                     raw.confirmations[raw.delivery_tag] = confirmation
+                    if message_id in raw.message_id_delivery_tag:
+                        earlier[message_id] = raw.message_id_delivery_tag[message_id]
                     raw.message_id_delivery_tag[message_id] = raw.delivery_tag
                     pending.append((confirmation, message_id, raw.delivery_tag))
                 drained = raw.create_future()
@@ -626,6 +631,7 @@ class RabbitBroker(Broker):
                     raw.confirmations.pop(tag, None)
                     _forget_message_id(raw, message_id, tag)
                     confirmation.cancel()
+                raw.message_id_delivery_tag.update(earlier)
                 if drained is not None:
                     drained.cancel()
                 raise

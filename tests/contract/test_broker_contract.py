@@ -708,3 +708,36 @@ async def test_rabbit_publish_fails_in_time_when_confirms_stop_coming(rabbit_url
         proxy.flow()
         await broker.close()
         await proxy.close()
+
+
+@pytest.mark.rabbitmq
+async def test_rabbit_rolled_back_publish_leaves_an_earlier_ones_return_matching(
+    rabbit_url: str,
+) -> None:
+    # A publish that fails while encoding (a routing key over 255 bytes) is rolled back
+    # before anything is sent. An earlier publish of the same message id that still awaits
+    # its confirm (the proxy holds the broker's answers) must still learn that it came back.
+    parts = urlsplit(rabbit_url)
+    proxy = _StallingProxy((parts.hostname or "127.0.0.1", parts.port or 5672))
+    port = await proxy.start()
+    broker = RabbitBroker(urlunsplit(parts._replace(netloc=f"guest:guest@127.0.0.1:{port}")),
+                          f"t{uuid.uuid4().hex[:10]}", max_delay_bits=13)
+    await broker.connect()
+    try:
+        wf = new_workflow()
+        await broker.declare_workflow(wf)
+        raw = await broker._require_channel().get_underlay_channel()
+        proxy.stall()
+        earlier = asyncio.ensure_future(broker.publish(
+            [OutgoingMessage("internal", "nosuchworkflow", b"lost", message_id="shared")]))
+        await eventually(lambda: "shared" in raw.message_id_delivery_tag, 5)
+        with pytest.raises(PublishError, match="255 bytes"):
+            await broker.publish([create(wf, b"rolled back", message_id="shared"),
+                                  OutgoingMessage("events", "k" * 300, b"too long")])
+        proxy.flow()
+        with pytest.raises(PublishError, match="nosuchworkflow"):
+            await asyncio.wait_for(earlier, 10)
+    finally:
+        proxy.flow()
+        await broker.close()
+        await proxy.close()
