@@ -6,7 +6,9 @@ declared type; for the five properties Warren sets, that was most of a publishin
 CPU (2,000 ``create_batch`` creates: 0.22 of 0.50 s under cProfile) and a tenth of a busy
 worker's (py-spy). The message shapes Warren publishes are few and fixed, so they are encoded
 here directly, to exactly the bytes pamqp would produce (``tests/unit/test_frames.py``
-compares them); a header value of any other type is left to pamqp's encoder. Its inputs
+compares them), with one deliberate difference: a float header value is sent as a double
+(``d``), where pamqp sends a single-precision ``f`` and 0.1 arrives as 0.10000000149. A
+header value of any other type is left to pamqp's encoder. Its inputs
 are Warren's own (topology names, constants), so unlike pamqp it does not check exchange
 names or delivery modes; an over-long string or an octet out of range is a ``ValueError``.
 
@@ -42,6 +44,7 @@ _PRIORITY: Final = 0x0800
 _MESSAGE_ID: Final = 0x0080
 
 _LONG_LENGTH: Final = struct.Struct(">I")
+_DOUBLE: Final = struct.Struct(">d")
 # Integer header values take the smallest type that holds them, in pamqp's order of preference.
 _INTEGER_TYPES: Final = (
     (-(2**7), 2**7 - 1, b"b", struct.Struct(">b")),
@@ -143,6 +146,8 @@ def _table_value(value: HeaderValue) -> bytes | None:
         return None
     if value is None:
         return b"V"
+    if isinstance(value, float):
+        return b"d" + _DOUBLE.pack(value)
     return None
 
 

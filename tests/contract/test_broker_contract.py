@@ -85,7 +85,8 @@ async def test_publish_consume_ack(broker: Broker) -> None:
     await broker.declare_workflow(wf)
     await broker.declare_workflow(wf)  # idempotent
     await broker.publish(
-        [create(wf, b'{"params": 1}', message_id="m1", headers={"x-trace": "t1", "n": 3})]
+        [create(wf, b'{"params": 1}', message_id="m1",
+                headers={"x-trace": "t1", "n": 3, "ratio": 0.1})]
     )
     inbox = Inbox()
     consumer = await broker.consume(wf, inbox, prefetch=10)
@@ -95,6 +96,7 @@ async def test_publish_consume_ack(broker: Broker) -> None:
     assert (delivery.exchange, delivery.routing_key) == ("create", wf)
     assert delivery.message_id == "m1"
     assert delivery.headers["x-trace"] == "t1" and delivery.headers["n"] == 3
+    assert delivery.headers["ratio"] == 0.1  # a double on the wire, not a 32-bit float
     assert not delivery.redelivered
     await consumer.cancel()
     await consumer.cancel()  # idempotent
