@@ -131,6 +131,13 @@ def _curve(points: Mapping[str, Any]) -> str:
     return " / ".join(_n(points[k]) for k in sorted(points, key=int))
 
 
+def _judged_curve(part: Mapping[str, Any]) -> str:
+    """A scale-out curve with its two verdicts."""
+    never_falls = "yes" if part.get("never_falls") else "no"
+    return (f"{_curve(part.get('curve', {}))} (2 ÷ 1 {_times(part.get('speedup_2_over_1'))}, "
+            f"never falls: {never_falls})")
+
+
 def warren_table(lines: Sequence[Line]) -> list[str]:
     """Rows of the scenarios only Warren runs (one per invocation of ``scale-out``)."""
     out = ["| scenario | result |", "|---|---|"]
@@ -141,12 +148,8 @@ def warren_table(lines: Sequence[Line]) -> list[str]:
             backlog.get("machine", {}).items(), key=lambda kv: int(kv[0])))
         out.append(
             f"| scale-out, steps/s at {' / '.join(sorted(m['curve'], key=int))} workers, "
-            f"{_n(n)} instances (`{line.file}`) | created during the run: {_curve(m['curve'])} "
-            f"(2 ÷ 1 {_times(m.get('speedup_2_over_1'))}, never falls: "
-            f"{'yes' if m.get('never_falls') else 'no'}); backlog: "
-            f"{_curve(backlog.get('curve', {}))} (2 ÷ 1 "
-            f"{_times(backlog.get('speedup_2_over_1'))}, never falls: "
-            f"{'yes' if backlog.get('never_falls') else 'no'})"
+            f"{_n(n)} instances (`{line.file}`) | created during the run: "
+            f"{_judged_curve(m)}; backlog: {_judged_curve(backlog)}"
             + (f"; machine busy (backlog) {busy}" if busy else "") + " |")
     sleepers = _one(lines, "sleepers", "warren")
     if sleepers is not None:
