@@ -19,7 +19,17 @@ from typing import Any
 
 import psutil
 
-SERVICES = frozenset({"postgres", "beam.smp", "epmd", "erl_child_setup", "inet_gethost"})
+_RABBITMQ = frozenset({"beam.smp", "epmd", "erl_child_setup", "inet_gethost"})
+_POSTGRESQL = "postgres"
+SERVICES = _RABBITMQ | {_POSTGRESQL}
+
+
+def _busy_pct(before: Any, after: Any) -> float:
+    """The machine's busy share between two ``psutil.cpu_times()`` readings (iowait is idle)."""
+    total = sum(after) - sum(before)
+    idle = (after.idle + getattr(after, "iowait", 0.0)) - (
+        before.idle + getattr(before, "iowait", 0.0))
+    return round((1 - idle / total) * 100, 1) if total > 0 else 0.0
 
 
 def _cpu_by_pid() -> dict[int, tuple[str, float, float]]:
@@ -56,9 +66,6 @@ class LoadMeter:
         elapsed = max(time.monotonic() - self._started, 1e-6)
         cores = os.cpu_count() or 1
         system = psutil.cpu_times()
-        total = sum(system) - sum(self._system)
-        idle = (system.idle + getattr(system, "iowait", 0.0)) - (
-            self._system.idle + getattr(self._system, "iowait", 0.0))
         me = os.getpid()
         split = {"own": 0.0, "services": 0.0, "foreign": 0.0}
         for pid, (name, cpu, created) in _cpu_by_pid().items():
@@ -81,13 +88,10 @@ class LoadMeter:
         return {
             "load1_before": round(self._load_before, 2),
             "load1_after": round(os.getloadavg()[0], 2),
-            "machine_busy_pct": round((1 - idle / total) * 100, 1) if total > 0 else 0.0,
+            "machine_busy_pct": _busy_pct(self._system, system),
             "services_cpu_pct": pct(split["services"]),
             "foreign_cpu_pct": pct(split["foreign"]),
         }
-
-
-_RABBITMQ = frozenset({"beam.smp", "epmd", "erl_child_setup", "inet_gethost"})
 
 
 def _service_cpu() -> dict[str, float]:
@@ -97,7 +101,7 @@ def _service_cpu() -> dict[str, float]:
         name, times = proc.info["name"], proc.info["cpu_times"]
         if times is None:
             continue
-        kind = ("rabbitmq" if name in _RABBITMQ else "postgresql" if name == "postgres"
+        kind = ("rabbitmq" if name in _RABBITMQ else "postgresql" if name == _POSTGRESQL
                 else None)
         if kind is not None:
             out[kind] += times.user + times.system
@@ -125,15 +129,12 @@ class CpuWindow:
         (t0, system0, workers0, services0, own0) = self._start
         (t1, system1, workers1, services1, own1) = self._sample()
         elapsed = max(t1 - t0, 1e-6)
-        total = sum(system1) - sum(system0)
-        idle = (system1.idle + getattr(system1, "iowait", 0.0)) - (
-            system0.idle + getattr(system0, "iowait", 0.0))
 
         def cores(seconds: float) -> float:
             return round(seconds / elapsed, 2)
 
         return {
-            "busy_pct": round((1 - idle / total) * 100, 1) if total > 0 else 0.0,
+            "busy_pct": _busy_pct(system0, system1),
             "cores": {
                 "workers": cores(workers1 - workers0),
                 **{k: cores(services1[k] - services0[k]) for k in services0},

@@ -30,9 +30,9 @@ from broker._base import HeaderValue
 _FRAME_END: Final = b"\xce"
 _FRAME_HEAD: Final = struct.Struct(">BHI")  # frame type, channel, payload size
 _METHOD_FRAME, _HEADER_FRAME, _BODY_FRAME = 1, 2, 3
-# class basic (60), method publish (40), ticket 0
-_PUBLISH_METHOD: Final = struct.pack(">HHH", 60, 40, 0)
-_CONTENT_HEAD: Final = struct.Struct(">HHQH")  # class 60, weight 0, body size, property flags
+_BASIC: Final = 60  # the AMQP class of publish, ack and nack
+_PUBLISH_METHOD: Final = struct.pack(">HHH", _BASIC, 40, 0)  # method publish (40), ticket 0
+_CONTENT_HEAD: Final = struct.Struct(">HHQH")  # class, weight 0, body size, property flags
 _MANDATORY: Final = b"\x01"
 _NOT_MANDATORY: Final = b"\x00"
 
@@ -96,7 +96,7 @@ def publish_frames(
     if message_id:
         flags |= _MESSAGE_ID
         properties.append(_short_string(message_id))
-    content = _CONTENT_HEAD.pack(60, 0, len(body), flags) + b"".join(properties)
+    content = _CONTENT_HEAD.pack(_BASIC, 0, len(body), flags) + b"".join(properties)
     frames = [_frame(_METHOD_FRAME, channel, method), _frame(_HEADER_FRAME, channel, content)]
     frames += [_frame(_BODY_FRAME, channel, body[i:i + max_content_size])
                for i in range(0, len(body), max_content_size)]
@@ -151,13 +151,13 @@ def _table_value(value: HeaderValue) -> bytes | None:
     return None
 
 
-_SETTLE: Final = struct.Struct(">HHQB")  # class 60, method, delivery tag, bits
+_SETTLE: Final = struct.Struct(">HHQB")  # class, method, delivery tag, bits
 _ACK_METHOD, _NACK_METHOD = 80, 120
 
 
 def settle_frame(channel: int, delivery_tag: int, *, ack: bool, requeue: bool = True) -> bytes:
     """The ``basic.ack``, or ``basic.nack`` (requeueing or not), of one delivery."""
     if ack:
-        return _frame(_METHOD_FRAME, channel, _SETTLE.pack(60, _ACK_METHOD, delivery_tag, 0))
+        return _frame(_METHOD_FRAME, channel, _SETTLE.pack(_BASIC, _ACK_METHOD, delivery_tag, 0))
     bits = 0b10 if requeue else 0  # bit 0: multiple (never), bit 1: requeue
-    return _frame(_METHOD_FRAME, channel, _SETTLE.pack(60, _NACK_METHOD, delivery_tag, bits))
+    return _frame(_METHOD_FRAME, channel, _SETTLE.pack(_BASIC, _NACK_METHOD, delivery_tag, bits))
