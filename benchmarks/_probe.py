@@ -164,11 +164,13 @@ async def pg_activity(probe: PgProbe) -> dict[str, int]:
     after the workers stopped.
     """
     rows = await probe.fetch(
-        "SELECT xact_commit, xact_rollback, tup_inserted, tup_updated, tup_deleted "
+        "SELECT xact_commit, xact_rollback, tup_inserted, tup_updated, tup_deleted, "
+        "(SELECT COALESCE(sum(n_tup_hot_upd), 0) FROM pg_stat_user_tables) "
         "FROM pg_stat_database WHERE datname = current_database()")
-    commit, rollback, inserted, updated, deleted = (int(x) for x in rows[0])
+    commit, rollback, inserted, updated, deleted, hot = (int(x) for x in rows[0])
+    # Updates that wrote no index entry (HOT): the rest cost an insert into each index.
     return {"commits": commit - probe.queries, "rollbacks": rollback, "inserted": inserted,
-            "updated": updated, "deleted": deleted}
+            "updated": updated, "hot_updated": hot, "deleted": deleted}
 
 
 def activity_per_step(before: dict[str, int], after: dict[str, int], steps: int

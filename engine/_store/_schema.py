@@ -13,6 +13,16 @@ from sqlmodel import Field, SQLModel
 SCHEMA_VERSION = 4
 
 
+# Turns rewrite instance and attempt rows several times each. With room left on the page,
+# PostgreSQL writes the new version beside the old one and skips every index when no
+# indexed column changed (a HOT update); on a full page each rewrite is an insert into each
+# of the table's indexes. 30 % free made 45 % of the instance updates and 55 % of the
+# attempt updates HOT in ``throughput`` (from 15 % and 8 %) and took 10 % off PostgreSQL's
+# CPU per step. Step rows are left full: ending a step changes ``state``, which the
+# running-step index names, so their updates cannot be HOT.
+_ROOM_FOR_UPDATES = {"postgresql_with": {"fillfactor": 70}}
+
+
 def _serial_pk() -> Column[int]:
     # BIGSERIAL on PostgreSQL; SQLite autoincrements only a column typed exactly INTEGER.
     return Column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
@@ -93,6 +103,7 @@ class InstanceRow(SQLModel, table=True):
             postgresql_where=text("lease_owner IS NOT NULL"),
             sqlite_where=text("lease_owner IS NOT NULL"),
         ),
+        _ROOM_FOR_UPDATES,
     )
     pk: int | None = Field(default=None, sa_column=_serial_pk())
     workflow: str = Field(max_length=64)
@@ -179,6 +190,7 @@ class StepAttemptRow(SQLModel, table=True):
     """One attempt of a ``do`` step (the status JSON lists them)."""
 
     __tablename__ = "warren_step_attempts"
+    __table_args__ = (_ROOM_FOR_UPDATES,)
     instance_pk: int = Field(sa_column=Column(BigInteger, primary_key=True))
     step_key: str = Field(sa_column=Column(String(400), primary_key=True))
     attempt: int = Field(primary_key=True)
