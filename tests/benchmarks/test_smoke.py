@@ -116,3 +116,18 @@ def test_admission_smoke_never_runs_more_than_the_limit(outcomes: dict[str, Outc
     assert run["limit_held"], run["max_running"]
     assert 0 < run["max_running"]["from_rows"] <= 10
     assert run["first_window"]["per_s"] > 0 and run["last_window"]["per_s"] > 0
+
+
+@pytest.mark.timeout(LIMIT_S * 4)
+def test_throughput_smoke_counts_its_sql_writes(outcomes: dict[str, Outcome]) -> None:
+    """On PostgreSQL, ``throughput`` says what SQL a step cost, HOT updates included."""
+    case = Case("throughput", "warren")
+    if case.id not in outcomes:
+        pytest.skip("PostgreSQL/RabbitMQ unreachable")
+    outcome = outcomes[case.id]
+    assert outcome.returncode == 0, outcome.stderr
+    (run,) = outcome.lines[0]["runs"]
+    sql = run["sql"]
+    assert 0 < sql["commits_per_step"] < 1, sql
+    assert sql["inserted_per_step"] >= 1, sql  # a step row, at least, per step
+    assert 0 < sql["hot_updated_per_step"] <= sql["updated_per_step"], sql
