@@ -104,14 +104,20 @@ def test_smoke_prints_a_valid_json_line(case: Case, outcomes: dict[str, Outcome]
     assert not missing, f"missing keys {missing} in {median}"
 
 
-@pytest.mark.timeout(LIMIT_S * 4)
-def test_admission_smoke_never_runs_more_than_the_limit(outcomes: dict[str, Outcome]) -> None:
-    case = Case("admission", "warren")
+def _the_run(outcomes: dict[str, Outcome], scenario: str) -> dict[str, Any]:
+    """The one run of a scenario's smoke on RabbitMQ + PostgreSQL (skips without them)."""
+    case = Case(scenario, "warren")
     if case.id not in outcomes:
         pytest.skip("PostgreSQL/RabbitMQ unreachable")
     outcome = outcomes[case.id]
     assert outcome.returncode == 0, outcome.stderr
     (run,) = outcome.lines[0]["runs"]
+    return dict(run)
+
+
+@pytest.mark.timeout(LIMIT_S * 4)
+def test_admission_smoke_never_runs_more_than_the_limit(outcomes: dict[str, Outcome]) -> None:
+    run = _the_run(outcomes, "admission")
     assert run["max_concurrency"] == 10  # the smoke size
     assert run["limit_held"], run["max_running"]
     assert 0 < run["max_running"]["from_rows"] <= 10
@@ -121,13 +127,7 @@ def test_admission_smoke_never_runs_more_than_the_limit(outcomes: dict[str, Outc
 @pytest.mark.timeout(LIMIT_S * 4)
 def test_throughput_smoke_counts_its_sql_writes(outcomes: dict[str, Outcome]) -> None:
     """On PostgreSQL, ``throughput`` says what SQL a step cost, HOT updates included."""
-    case = Case("throughput", "warren")
-    if case.id not in outcomes:
-        pytest.skip("PostgreSQL/RabbitMQ unreachable")
-    outcome = outcomes[case.id]
-    assert outcome.returncode == 0, outcome.stderr
-    (run,) = outcome.lines[0]["runs"]
-    sql = run["sql"]
+    sql = _the_run(outcomes, "throughput")["sql"]
     assert 0 < sql["commits_per_step"] < 1, sql
     assert sql["inserted_per_step"] >= 1, sql  # a step row, at least, per step
     assert 0 < sql["hot_updated_per_step"] <= sql["updated_per_step"], sql
