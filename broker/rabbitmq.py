@@ -91,6 +91,17 @@ _CONNECT_ERRORS = (aio_pika.exceptions.AMQPConnectionError, ConnectionError, OSE
 _CHANNEL_GONE = (ChannelInvalidStateError, AMQPError, ConnectionError)
 
 
+async def _connected(connection: AbstractRobustConnection) -> AbstractRobustConnection:
+    """``connection``, connected; closed if that fails. (``aio_pika.connect_robust`` drops
+    a failed connection unclosed: its finalizer then schedules a close that never runs.)"""
+    try:
+        await connection.connect(timeout=10)
+    except BaseException:
+        await connection.close()
+        raise
+    return connection
+
+
 _TRANSIENT = int(aio_pika.DeliveryMode.NOT_PERSISTENT)
 _PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
 
@@ -452,7 +463,7 @@ class RabbitBroker(Broker):
         )
         async for attempt in retrying:
             with attempt:
-                return await aio_pika.connect_robust(self._url, timeout=10)
+                return await _connected(aio_pika.RobustConnection(URL(self._url)))
         raise AssertionError("unreachable: tenacity reraises the last error")
 
     def _log_retry(self, state: RetryCallState) -> None:

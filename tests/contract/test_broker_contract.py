@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import aio_pika
 import pytest
 
 from broker import (
@@ -615,12 +616,25 @@ async def test_shared_memory_brokers_see_the_same_queues() -> None:
             await other.publish([OutgoingMessage("internal", "wf", b"{}")])
 
 
-async def test_rabbit_connect_gives_up_after_bounded_retries() -> None:
+async def test_rabbit_connect_gives_up_after_bounded_retries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    attempts: list[aio_pika.RobustConnection] = []
+    init = aio_pika.RobustConnection.__init__
+
+    def recorded(self: aio_pika.RobustConnection, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        attempts.append(self)
+
+    monkeypatch.setattr(aio_pika.RobustConnection, "__init__", recorded)
     broker = RabbitBroker("amqp://guest:guest@127.0.0.1:1/", connect_attempts=2)
     started = time.monotonic()
     with pytest.raises((ConnectionError, OSError)):
         await broker.connect()
     assert time.monotonic() - started < 30
+    # Each failed attempt's connection is closed, not left to a finalizer that schedules
+    # a close on whatever loop is left (a "never awaited" warning in a later test).
+    assert len(attempts) == 2 and all(c.is_closed for c in attempts)
     await broker.close()  # closing a broker that never connected is fine
 
 
