@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn
@@ -29,8 +30,16 @@ class ReplayLoop(asyncio.AbstractEventLoop):
         self._ready: deque[asyncio.Handle] = deque()
 
     def run_until_idle(self) -> None:
-        """Run callbacks until none is ready. Nested inside the worker's real loop."""
+        """Run callbacks until none is ready. Nested inside the worker's real loop.
+
+        The cyclic garbage collector is held off meanwhile: a finalizer it ran here (a
+        pooled connection closing itself, say) would find this loop running and bind its
+        futures to it, where nothing ever resolves them (an aiosqlite thread answering one
+        died of ``call_soon_threadsafe``). It collects at the next allocation after.
+        """
         outer = asyncio.events._get_running_loop()
+        collecting = gc.isenabled()
+        gc.disable()
         asyncio.events._set_running_loop(self)
         try:
             while self._ready:
@@ -39,6 +48,8 @@ class ReplayLoop(asyncio.AbstractEventLoop):
                     handle._run()
         finally:
             asyncio.events._set_running_loop(outer)
+            if collecting:
+                gc.enable()
 
     # -- what asyncio's futures and tasks need ------------------------------------------
     def call_soon(  # type: ignore[override]
