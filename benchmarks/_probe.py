@@ -169,6 +169,7 @@ async def pg_activity(probe: PgProbe) -> dict[str, int]:
         "FROM pg_stat_database WHERE datname = current_database()")
     commit, rollback, inserted, updated, deleted, hot = (int(x) for x in rows[0])
     # Updates that wrote no index entry (HOT): the rest cost an insert into each index.
+    # (Counted over the user tables; ``updated`` also counts the rare catalog updates.)
     return {"commits": commit - probe.queries, "rollbacks": rollback, "inserted": inserted,
             "updated": updated, "hot_updated": hot, "deleted": deleted}
 

@@ -31,6 +31,7 @@ of RabbitMQ behaviour this module relies on:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
@@ -97,7 +98,8 @@ async def _connected(connection: AbstractRobustConnection) -> AbstractRobustConn
     try:
         await connection.connect(timeout=10)
     except BaseException:
-        await connection.close()
+        with contextlib.suppress(Exception):  # the connect error is the one to report
+            await connection.close()
         raise
     return connection
 

@@ -128,6 +128,8 @@ def test_admission_smoke_never_runs_more_than_the_limit(outcomes: dict[str, Outc
 def test_throughput_smoke_counts_its_sql_writes(outcomes: dict[str, Outcome]) -> None:
     """On PostgreSQL, ``throughput`` says what SQL a step cost, HOT updates included."""
     sql = _the_run(outcomes, "throughput")["sql"]
-    assert 0 < sql["commits_per_step"] < 1, sql
+    # Not > 0: the probe's own polls are subtracted, and PostgreSQL publishes a
+    # connection's commits about once a second, so a tiny run can net out at 0.
+    assert sql["commits_per_step"] < 1, sql
     assert sql["inserted_per_step"] >= 1, sql  # a step row, at least, per step
     assert 0 < sql["hot_updated_per_step"] <= sql["updated_per_step"], sql

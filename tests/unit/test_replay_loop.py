@@ -50,6 +50,20 @@ async def test_finalizers_never_run_under_the_replay_loop(collect_often: None) -
     task = loop.create_task(workflow_code())
     loop.run_until_idle()
     assert task.done()
+    assert gc.isenabled(), "the collector is back on after the replay"
     gc.collect()
     assert _Finalized.seen, "the finalizers ran"
     assert not any(isinstance(seen, ReplayLoop) for seen in _Finalized.seen)
+    _Finalized.seen.clear()
+
+
+def test_the_collector_is_back_on_when_workflow_code_raises_through() -> None:
+    loop = ReplayLoop()
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    loop.call_soon(interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        loop.run_until_idle()
+    assert gc.isenabled()
