@@ -24,6 +24,7 @@ from broker import (
     ORIGIN_ROUTING_KEY_HEADER,
     REASON_HEADER,
     Broker,
+    Consumer,
     Delivery,
     OutgoingMessage,
     PublishError,
@@ -76,6 +77,19 @@ class Inbox:
 
     async def wait(self, count: int, within_s: float = 10.0) -> None:
         await eventually(lambda: len(self.deliveries) >= count, within_s)
+
+
+async def held_unsettled(broker: Broker, count: int, prefetch: int
+                         ) -> tuple[str, Inbox, Consumer]:
+    """A new workflow's queue with ``count`` creates (bodies ``b"0"``, ``b"1"``, ...), all
+    delivered to a consumer that has settled none of them yet."""
+    wf = new_workflow()
+    await broker.declare_workflow(wf)
+    await broker.publish([create(wf, str(i).encode()) for i in range(count)])
+    held = Inbox(settle=None)
+    consumer = await broker.consume(wf, held, prefetch=prefetch)
+    await held.wait(count)
+    return wf, held, consumer
 
 
 # -- publish, consume, settle ------------------------------------------------------------------
@@ -163,12 +177,7 @@ async def test_settling_twice_raises(broker: Broker) -> None:
 
 
 async def test_unacked_redelivered_after_cancel(broker: Broker) -> None:
-    wf = new_workflow()
-    await broker.declare_workflow(wf)
-    await broker.publish([create(wf, str(i).encode()) for i in range(3)])
-    holder = Inbox(settle=None)
-    consumer = await broker.consume(wf, holder, prefetch=10)
-    await holder.wait(3)
+    wf, holder, consumer = await held_unsettled(broker, 3, prefetch=10)
     await consumer.cancel()
     await holder.deliveries[0].ack()  # too late: a no-op, the message went back
     inbox = Inbox()
@@ -435,12 +444,7 @@ async def test_settlements_issued_together_each_take_effect(
             await write_pending(self, drained)
 
         monkeypatch.setattr(rabbitmq._Settlements, "_write_pending", counted)
-    wf = new_workflow()
-    await broker.declare_workflow(wf)
-    await broker.publish([create(wf, str(i).encode()) for i in range(30)])
-    held = Inbox(settle=None)
-    consumer = await broker.consume(wf, held, prefetch=100)
-    await held.wait(30)
+    wf, held, consumer = await held_unsettled(broker, 30, prefetch=100)
     await asyncio.gather(*(
         d.ack() if int(d.body) % 3 == 0 else d.nack(requeue=int(d.body) % 3 == 1)
         for d in held.deliveries))
