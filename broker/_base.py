@@ -52,6 +52,10 @@ class OutgoingMessage:
         priority: 1 puts the message ahead of priority-0 ones in its workflow queue: the
             engine's continuations (wake-ups, step results) go before new work, so a backlog
             of creations cannot make running instances late.
+        persistent: ``False`` for a reminder of what SQL already holds (the create message
+            of an instance Warren's client stored): the broker keeps it in memory only, so
+            its confirm waits for no disk write. If the broker restarts and loses it, the
+            sweeper starts the instance from SQL. Delayed messages are never persistent.
     """
 
     exchange: Exchange
@@ -61,6 +65,7 @@ class OutgoingMessage:
     message_id: str | None = None
     headers: Mapping[str, HeaderValue] = field(default_factory=dict)
     priority: int = 0
+    persistent: bool = True
 
 
 class Delivery(abc.ABC):
@@ -125,7 +130,12 @@ class Broker(abc.ABC):
 
     @abc.abstractmethod
     async def publish(self, messages: Sequence[OutgoingMessage]) -> None:
-        """Publish persistent messages, pipelined, and wait until all are confirmed."""
+        """Publish messages (persistent unless they say otherwise), pipelined, and wait
+        until all are confirmed."""
+
+    @abc.abstractmethod
+    async def queue_depth(self, workflow: str) -> int:
+        """Messages waiting in the workflow's queue, not counting unsettled deliveries."""
 
     @abc.abstractmethod
     async def consume(

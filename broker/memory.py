@@ -410,12 +410,12 @@ class MemoryBroker(Broker):
         self._subscriptions.add(subscription)
         return subscription
 
-    # -- helpers for tests and operations ----------------------------------------------------
-
     async def queue_depth(self, workflow: str) -> int:
-        """Messages ready in a workflow's queue (not counting unsettled deliveries)."""
+        """Messages waiting in the workflow's queue (not counting unsettled deliveries)."""
         await self.declare_workflow(workflow)
         return len(self._state.queues[workflow].ready)
+
+    # -- helpers for tests and operations ----------------------------------------------------
 
     def dead_messages(self) -> list[Delivery]:
         """Snapshot of the dead queue, oldest first, without removing anything."""

@@ -17,7 +17,8 @@ of RabbitMQ behaviour this module relies on:
   broker dies mid-delay. The SQL timer and the engine's sweeper repair that. Delayed messages
   are therefore published transient: persisting every hop through the delay queues bought
   nothing and made them late (10,000 delays of up to 10 s: p99 1.25 s persistent, 0.19 s
-  transient, ``python -m benchmarks.delay_lateness``). A delayed message
+  transient, ``python -m benchmarks.delay_lateness``). So is any message marked not
+  ``persistent`` (a create whose instance Warren's client already stored). A delayed message
   for a workflow whose queue does not exist is confirmed (it reaches a delay queue) and dropped
   at the end of its delay.
 - Delays above ``Topology.max_delay_ms`` (about 397 days by default) are chained: the message
@@ -690,7 +691,8 @@ class RabbitBroker(Broker):
             raw.number, raw.max_content_size, exchange, routing_key, message.body,
             mandatory=mandatory, content_type="application/json",
             headers=headers or None,
-            delivery_mode=_TRANSIENT if message.delay_ms else _PERSISTENT,
+            delivery_mode=_PERSISTENT if message.persistent and not message.delay_ms
+            else _TRANSIENT,
             message_id=message_id, priority=message.priority,
         )
 
@@ -730,16 +732,16 @@ class RabbitBroker(Broker):
         self._subscriptions.add(subscription)
         return subscription
 
-    # -- helpers for tests and operations ----------------------------------------------------
-
     async def queue_depth(self, workflow: str) -> int:
-        """Messages ready in a workflow's queue (not counting unacked deliveries)."""
+        """Messages waiting in the workflow's queue (not counting unacked deliveries)."""
         await self.declare_workflow(workflow)
         # The underlying channel: a passive declare through the robust one would be replayed
         # on every reconnect.
         raw = await self._require_channel().get_underlay_channel()
         result = await raw.queue_declare(self.topology.workflow_queue(workflow), passive=True)
         return int(result.message_count or 0)
+
+    # -- helpers for tests and operations ----------------------------------------------------
 
     async def get_dead(self, timeout_s: float = 5.0) -> Delivery | None:
         """Remove and return the oldest message of the dead queue, waiting up to ``timeout_s``."""

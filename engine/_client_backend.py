@@ -110,12 +110,14 @@ class EngineClientBackend:
             await self._broker.declare_workflow(workflow)
             self._declared.add(workflow)
         # Stored first, so the id is taken and status() works at once; the create message
-        # then starts it (if it were lost, the sweeper starts queued instances).
+        # then starts it. SQL holds the instance, so the message is only a reminder and is
+        # sent transient: its confirm waits for no disk write on the broker (a create one at
+        # a time: 3.0 -> 1.8 ms). If the broker loses it, the sweeper starts the instance.
         await self._broker.publish([
             *(OutgoingMessage(
                 "create", workflow,
                 orjson.dumps({"id": n.instance_id, "params": orjson.Fragment(n.params)}),
-                message_id=n.token, headers=rows[n.instance_id].headers(),
+                message_id=n.token, headers=rows[n.instance_id].headers(), persistent=False,
             ) for n in new),
             *(lifecycle_message(workflow, n.instance_id, "instance.queued", {}) for n in new),
         ])

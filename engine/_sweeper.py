@@ -26,6 +26,9 @@ _BATCH = 1000
 _RECONCILE_EVERY = 10  # sweeps between recounts of the gates (a safety net, not the path)
 _UNSTARTED_GRACE_MS = 60_000  # a create message not turned after this long was lost
 _UNSTARTED_BATCH = 200
+# Not turned after this long, with nothing waiting in its workflow's queue: its create
+# message is gone (the broker restarted and dropped it, or the client died before sending it).
+LOST_CREATE_GRACE_MS = 10_000
 
 
 class Sweeper:
@@ -34,6 +37,7 @@ class Sweeper:
     def __init__(
         self, db: Database, broker: Broker, *, worker_id: str, served: Collection[str],
         interval_s: float, grace_ms: int, heartbeat_timeout_ms: int, retention_ms: int,
+        lost_create_grace_ms: int = LOST_CREATE_GRACE_MS,
     ) -> None:
         self._db = db
         self._broker = broker
@@ -47,6 +51,7 @@ class Sweeper:
         self._grace_ms = grace_ms
         self._heartbeat_timeout_ms = heartbeat_timeout_ms
         self._retention_ms = retention_ms
+        self._lost_create_grace_ms = lost_create_grace_ms
         self._task: asyncio.Task[None] | None = None
         self._sweeps = 0
 
@@ -106,8 +111,25 @@ class Sweeper:
                 pokes += await q.unstarted_instances(conn, served, now, _UNSTARTED_GRACE_MS,
                                                      _UNSTARTED_BATCH)
                 pokes += await q.idle_slot_holders(conn, served, _BATCH)
+        pokes += await self._lost_creates(now)
         await self._publish(pokes)
         return len(q.unique([*repairs, *pokes]))
+
+    async def _lost_creates(self, now: int) -> list[q.Poke]:
+        """Queued instances no turn has started, in workflows whose queues hold nothing.
+
+        Warren's client sends create messages transient (SQL holds the instance), so a
+        broker restart drops every create still queued; this finds them in seconds, a
+        thousand per sweep. A queue that holds messages may still hold those creates (a
+        burst the workers are working through): re-poking them would double the backlog, so
+        there only the rare, small re-poke of ``unstarted_instances`` above applies.
+        """
+        drained = [w for w in self._served if await self._broker.queue_depth(w) == 0]
+        if not drained:
+            return []
+        async with self._db.reading() as conn:
+            return await q.unstarted_instances(conn, drained, now, self._lost_create_grace_ms,
+                                               _BATCH)
 
     async def _publish(self, pokes: list[q.Poke]) -> None:
         pokes = q.unique(pokes)

@@ -115,7 +115,7 @@ async def test_publish_consume_ack(broker: Broker) -> None:
     assert not delivery.redelivered
     await consumer.cancel()
     await consumer.cancel()  # idempotent
-    assert await broker.queue_depth(wf) == 0  # type: ignore[attr-defined]
+    assert await broker.queue_depth(wf) == 0
 
 
 async def test_batch_is_delivered_in_order(broker: Broker) -> None:
@@ -212,7 +212,7 @@ async def test_prefetch_bounds_unsettled(broker: Broker) -> None:
     await broker.consume(wf, inbox, prefetch=3)
     await inbox.wait(3)
     # The other 7 are still ready in the queue, not buffered in the client.
-    assert await broker.queue_depth(wf) == 7  # type: ignore[attr-defined]
+    assert await broker.queue_depth(wf) == 7
     most_unsettled = 0
     for settled in range(10):
         await inbox.wait(settled + 1)
@@ -235,7 +235,7 @@ async def test_create_routes_by_workflow_name(broker: Broker) -> None:
     await broker.consume(wanted, inbox, prefetch=10)
     await inbox.wait(1)
     assert inbox.bodies == [b"wanted"]
-    assert await broker.queue_depth(other) == 1  # type: ignore[attr-defined]
+    assert await broker.queue_depth(other) == 1
 
 
 async def test_events_route_to_their_workflow_only(broker: Broker) -> None:
@@ -410,7 +410,7 @@ async def test_dead_letter_keeps_message_and_reason(broker: Broker) -> None:
     assert dead.headers[ORIGIN_ROUTING_KEY_HEADER] == wf
     assert dead.headers["x-trace"] == "t"
     await consumer.cancel()
-    assert await broker.queue_depth(wf) == 0  # type: ignore[attr-defined]
+    assert await broker.queue_depth(wf) == 0
     assert await broker.get_dead(timeout_s=0.1) is None  # type: ignore[attr-defined]
 
 
@@ -458,7 +458,7 @@ async def test_settlements_issued_together_each_take_effect(
     assert sorted(int(b) for b in again.bodies) == [i for i in range(30) if i % 3 == 1]
     assert sorted(int(d.body) for d in dead) == [i for i in range(30) if i % 3 == 2]
     await eventually(lambda: len(again.deliveries) == 10)
-    assert await broker.queue_depth(wf) == 0  # type: ignore[attr-defined]
+    assert await broker.queue_depth(wf) == 0
     assert await broker.get_dead(timeout_s=0.1) is None  # type: ignore[attr-defined]
 
 

@@ -153,7 +153,7 @@ async def test_sleeps_hold_no_resources_and_never_wake_early(stack: Stack) -> No
         # While it sleeps: no step task, nothing unacked, nothing queued in the worker.
         assert worker._runner.in_flight == 0
         assert len(worker._turns._intake) == 0
-        assert await worker.broker.queue_depth("sleepy") == 0  # type: ignore[attr-defined]
+        assert await worker.broker.queue_depth("sleepy") == 0
         st = await inst.wait_for_status("complete", timeout=20)
         # The wake-ups came ahead of time and waited in the worker (engine._early_wake).
         assert worker._turns._early.held_total == 2

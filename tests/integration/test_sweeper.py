@@ -1,17 +1,21 @@
-"""The sweeper re-issues lost wake-ups, ever less often, and never loses one to a broker error."""
+"""The sweeper re-issues lost wake-ups, ever less often, and never loses one to a broker error;
+it starts instances whose create message the broker lost, but never re-pokes a backlog."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import orjson
 import pytest
 from sqlalchemy import select, update
 
-from broker import broker_from_url
+from broker import Delivery, OutgoingMessage, broker_from_url
+from broker._topology import Topology
 from engine._clock import now_ms
 from engine._store._database import Database
 from engine._store._schema import steps, timers
-from engine._sweeper import Sweeper
+from engine._sweeper import LOST_CREATE_GRACE_MS, Sweeper
 from sdk import WorkflowEntrypoint, WorkflowEvent, WorkflowStep
 from tests.stacks import Stack
 
@@ -38,9 +42,18 @@ async def _asleep_and_ten_seconds_overdue(stack: Stack, db: Database) -> None:
         await conn.execute(update(timers).values(due_at_ms=overdue))
 
 
-def _sweeper(db: Database, broker: Any) -> Sweeper:
-    return Sweeper(db, broker, worker_id="sweeper-test", served=["napper"], interval_s=60,
-                   grace_ms=GRACE_MS, heartbeat_timeout_ms=60_000, retention_ms=86_400_000)
+class Quick(WorkflowEntrypoint):
+    name = "quick"
+
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        return await step.do("only", lambda: "done")
+
+
+def _sweeper(db: Database, broker: Any, served: str = "napper",
+             lost_create_grace_ms: int = LOST_CREATE_GRACE_MS) -> Sweeper:
+    return Sweeper(db, broker, worker_id="sweeper-test", served=[served], interval_s=60,
+                   grace_ms=GRACE_MS, heartbeat_timeout_ms=60_000, retention_ms=86_400_000,
+                   lost_create_grace_ms=lost_create_grace_ms)
 
 
 async def _timer_due(db: Database) -> int:
@@ -59,12 +72,12 @@ async def test_an_overdue_wake_up_is_reissued_then_left_alone_while_it_is_in_fli
         sweeper = _sweeper(db, broker)
         swept_at = now_ms()
         assert await sweeper.sweep_once() == 1
-        assert await broker.queue_depth("napper") == 1  # type: ignore[attr-defined]
+        assert await broker.queue_depth("napper") == 1
         # Ten seconds late means queued behind load far more often than lost: the next
         # re-issue waits as long again, not one grace period.
         assert await _timer_due(db) >= swept_at + 10_000
         assert await sweeper.sweep_once() == 0
-        assert await broker.queue_depth("napper") == 1  # type: ignore[attr-defined]
+        assert await broker.queue_depth("napper") == 1
     finally:
         await broker.close()
         await db.close()
@@ -81,7 +94,79 @@ async def test_a_reissue_the_broker_refuses_is_retried_at_the_next_sweep(stack: 
         assert await _timer_due(db) == due  # not pushed back: the wake-up was not sent
         await broker.connect()
         assert await _sweeper(db, broker).sweep_once() == 1
-        assert await broker.queue_depth("napper") == 1  # type: ignore[attr-defined]
+        assert await broker.queue_depth("napper") == 1
     finally:
         await broker.close()
         await db.close()
+
+
+async def _drop_queued(broker: Any, workflow: str, count: int) -> None:
+    """Take ``count`` messages off the workflow's queue and ack them unread: lost, as a broker
+    restart loses the transient create messages it held."""
+    dropped: list[Delivery] = []
+    all_dropped = asyncio.Event()
+
+    async def drop(delivery: Delivery) -> None:
+        dropped.append(delivery)
+        await delivery.ack()
+        if len(dropped) == count:
+            all_dropped.set()
+
+    consumer = await broker.consume(workflow, drop, prefetch=count)
+    try:
+        await asyncio.wait_for(all_dropped.wait(), timeout=10)
+    finally:
+        await consumer.cancel()
+
+
+async def test_an_instance_whose_create_message_was_lost_is_started_by_the_sweeper(
+    stack: Stack,
+) -> None:
+    db = Database(stack.database_url)
+    broker = broker_from_url(stack.broker_url, stack.namespace)
+    try:
+        await broker.connect()
+        async with stack.client() as client:
+            await client.workflow("quick").create(id="lost-1")
+        quick = _sweeper(db, broker, served="quick", lost_create_grace_ms=0)
+        # Its create is still queued (a backlog being worked through): not re-poked.
+        assert await quick.sweep_once() == 0
+        assert await broker.queue_depth("quick") == 1
+        await _drop_queued(broker, "quick", 1)
+        # Lost, but younger than the grace: a worker may hold the create unsettled.
+        assert await _sweeper(db, broker, served="quick").sweep_once() == 0
+        assert await quick.sweep_once() == 1
+        assert await broker.queue_depth("quick") == 1
+        # A worker whose own sweeper never runs again: only that poke can start it.
+        async with stack.running([Quick], sweep_interval_s=3600) as client:
+            inst = await client.workflow("quick").get("lost-1")
+            assert (await inst.wait_for_status("complete", timeout=20)).output == "done"
+    finally:
+        await broker.close()
+        await db.close()
+
+
+async def test_warren_creates_are_sent_transient_and_other_messages_persistent(
+    real_stack: Stack,
+) -> None:
+    import aio_pika
+
+    broker = broker_from_url(real_stack.broker_url, real_stack.namespace)
+    try:
+        await broker.connect()
+        async with real_stack.client() as client:
+            await client.workflow("quick").create(id="reminder")
+        await broker.publish([OutgoingMessage("create", "quick", b'{"id": "foreign"}')])
+        connection = await aio_pika.connect(real_stack.broker_url)
+        async with connection:
+            channel = await connection.channel()
+            name = Topology(real_stack.namespace).workflow_queue("quick")
+            queue = await channel.get_queue(name, ensure=False)
+            modes: dict[str, int | None] = {}
+            for _ in range(2):
+                message = await queue.get(no_ack=True, timeout=5)
+                modes[orjson.loads(message.body)["id"]] = message.delivery_mode
+        assert modes == {"reminder": aio_pika.DeliveryMode.NOT_PERSISTENT,
+                         "foreign": aio_pika.DeliveryMode.PERSISTENT}
+    finally:
+        await broker.close()
