@@ -54,6 +54,9 @@ class Sweeper:
         self._lost_create_grace_ms = lost_create_grace_ms
         self._task: asyncio.Task[None] | None = None
         self._sweeps = 0
+        # Lost creates this sweeper re-issued, and when: a worker may hold the wake-up
+        # unsettled (the queue then looks empty), so it is not re-issued again for a while.
+        self._lost_reissued: dict[q.Poke, int] = {}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._sweep_forever(), name="warren-sweeper")
@@ -124,12 +127,17 @@ class Sweeper:
         burst the workers are working through): re-poking them would double the backlog, so
         there only the rare, small re-poke of ``unstarted_instances`` above applies.
         """
+        self._lost_reissued = {p: at for p, at in self._lost_reissued.items()
+                               if at > now - _UNSTARTED_GRACE_MS}
         drained = [w for w in self._served if await self._broker.queue_depth(w) == 0]
         if not drained:
             return []
         async with self._db.reading() as conn:
-            return await q.unstarted_instances(conn, drained, now, self._lost_create_grace_ms,
+            lost = await q.unstarted_instances(conn, drained, now, self._lost_create_grace_ms,
                                                _BATCH)
+        fresh = [p for p in lost if p not in self._lost_reissued]
+        self._lost_reissued.update(dict.fromkeys(fresh, now))
+        return fresh
 
     async def _publish(self, pokes: list[q.Poke]) -> None:
         pokes = q.unique(pokes)

@@ -137,7 +137,19 @@ async def test_an_instance_whose_create_message_was_lost_is_started_by_the_sweep
         assert await _sweeper(db, broker, served="quick").sweep_once() == 0
         assert await quick.sweep_once() == 1
         assert await broker.queue_depth("quick") == 1
-        # A worker whose own sweeper never runs again: only that poke can start it.
+        # A worker holds that wake-up unsettled, so the queue looks empty again: it is not
+        # re-issued while it may still be in flight.
+        held = asyncio.Event()
+
+        async def hold(delivery: Delivery) -> None:
+            held.set()
+
+        holder = await broker.consume("quick", hold, prefetch=1)
+        await asyncio.wait_for(held.wait(), timeout=10)
+        assert await broker.queue_depth("quick") == 0
+        assert await quick.sweep_once() == 0
+        await holder.cancel()  # back to the queue, unsettled
+        # A worker whose own sweeper never runs again: only that wake-up can start it.
         async with stack.running([Quick], sweep_interval_s=3600) as client:
             inst = await client.workflow("quick").get("lost-1")
             assert (await inst.wait_for_status("complete", timeout=20)).output == "done"
