@@ -432,6 +432,9 @@ class RabbitBroker(Broker):
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractChannel | None = None
         self._unconfirmed: AbstractChannel | None = None  # for UNCHECKED_EXCHANGES
+        # Passive declares (queue_depth): an error there (a queue deleted under us) closes
+        # this channel only, and a declare never waits behind a batch of publishes.
+        self._inspector: AbstractChannel | None = None
         self._exchanges: dict[str, AbstractExchange] = {}
         self._dead_queue: AbstractQueue | None = None
         self._declared: set[str] = set()
@@ -449,6 +452,7 @@ class RabbitBroker(Broker):
             try:
                 channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
                 unconfirmed = await connection.channel(publisher_confirms=False)
+                self._inspector = await connection.channel(publisher_confirms=False)
                 await self._declare_shared(channel)
             except BaseException:
                 await connection.close()
@@ -526,7 +530,7 @@ class RabbitBroker(Broker):
         for subscription in list(self._subscriptions):
             await subscription.aclose()
         connection, self._connection = self._connection, None
-        self._channel = self._unconfirmed = None
+        self._channel = self._unconfirmed = self._inspector = None
         self._exchanges.clear()
         self._declared.clear()
         if connection is not None:
@@ -735,10 +739,13 @@ class RabbitBroker(Broker):
     async def queue_depth(self, workflow: str) -> int:
         """Messages waiting in the workflow's queue (not counting unacked deliveries)."""
         await self.declare_workflow(workflow)
+        assert self._inspector is not None
         # The underlying channel: a passive declare through the robust one would be replayed
         # on every reconnect.
-        raw = await self._require_channel().get_underlay_channel()
-        result = await raw.queue_declare(self.topology.workflow_queue(workflow), passive=True)
+        async with asyncio.timeout(self._publish_timeout_s):
+            raw = await self._inspector.get_underlay_channel()
+            result = await raw.queue_declare(self.topology.workflow_queue(workflow),
+                                             passive=True)
         return int(result.message_count or 0)
 
     # -- helpers for tests and operations ----------------------------------------------------

@@ -29,6 +29,9 @@ _UNSTARTED_BATCH = 200
 # Not turned after this long, with nothing waiting in its workflow's queue: its create
 # message is gone (the broker restarted and dropped it, or the client died before sending it).
 LOST_CREATE_GRACE_MS = 10_000
+# A lost create's re-issued wake-up may sit unsettled in a busy worker, where the queue's
+# count does not see it: it is not re-issued again for this long.
+_LOST_REISSUE_QUIET_MS = 60_000
 
 
 class Sweeper:
@@ -54,8 +57,8 @@ class Sweeper:
         self._lost_create_grace_ms = lost_create_grace_ms
         self._task: asyncio.Task[None] | None = None
         self._sweeps = 0
-        # Lost creates this sweeper re-issued, and when: a worker may hold the wake-up
-        # unsettled (the queue then looks empty), so it is not re-issued again for a while.
+        # Lost creates found by the last sweep, and those re-issued (when): see _lost_creates.
+        self._lost_seen: set[q.Poke] = set()
         self._lost_reissued: dict[q.Poke, int] = {}
 
     def start(self) -> None:
@@ -114,30 +117,42 @@ class Sweeper:
                 pokes += await q.unstarted_instances(conn, served, now, _UNSTARTED_GRACE_MS,
                                                      _UNSTARTED_BATCH)
                 pokes += await q.idle_slot_holders(conn, served, _BATCH)
-        pokes += await self._lost_creates(now)
         await self._publish(pokes)
-        return len(q.unique([*repairs, *pokes]))
+        # After the others are out, so that a broker error here costs none of them; marked
+        # re-issued only once sent, so a refused re-issue is retried at the next sweep.
+        lost = await self._lost_creates(now)
+        await self._publish(lost)
+        self._lost_reissued.update(dict.fromkeys(lost, now))
+        return len(q.unique([*repairs, *pokes, *lost]))
 
     async def _lost_creates(self, now: int) -> list[q.Poke]:
-        """Queued instances no turn has started, in workflows whose queues hold nothing.
+        """Queued instances whose create message is gone: no turn has started them after
+        the grace, and their workflow's queue held no message at this sweep and the last.
 
         Warren's client sends create messages transient (SQL holds the instance), so a
-        broker restart drops every create still queued; this finds them in seconds, a
-        thousand per sweep. A queue that holds messages may still hold those creates (a
+        broker restart drops every create still queued; this finds them within seconds, up
+        to a thousand per sweep. A queue that holds messages may still hold those creates (a
         burst the workers are working through): re-poking them would double the backlog, so
-        there only the rare, small re-poke of ``unstarted_instances`` above applies.
+        there only the rare, small re-poke of ``unstarted_instances`` above applies. A create
+        a worker holds unsettled is not in the queue's count either, but it is turned well
+        within a sweep interval, so only what two sweeps in a row found is re-issued.
         """
         self._lost_reissued = {p: at for p, at in self._lost_reissued.items()
-                               if at > now - _UNSTARTED_GRACE_MS}
-        drained = [w for w in self._served if await self._broker.queue_depth(w) == 0]
-        if not drained:
-            return []
-        async with self._db.reading() as conn:
-            lost = await q.unstarted_instances(conn, drained, now, self._lost_create_grace_ms,
-                                               _BATCH)
-        fresh = [p for p in lost if p not in self._lost_reissued]
-        self._lost_reissued.update(dict.fromkeys(fresh, now))
-        return fresh
+                               if at > now - _LOST_REISSUE_QUIET_MS}
+        drained: list[str] = []
+        for workflow in self._served:
+            try:
+                if await self._broker.queue_depth(workflow) == 0:
+                    drained.append(workflow)
+            except Exception as exc:  # this workflow's lost creates wait for a later sweep
+                log.warning("could not count the queue", workflow=workflow, error=repr(exc))
+        found: list[q.Poke] = []
+        if drained:
+            async with self._db.reading() as conn:
+                found = await q.unstarted_instances(conn, drained, now,
+                                                    self._lost_create_grace_ms, _BATCH)
+        seen, self._lost_seen = self._lost_seen, set(found)
+        return [p for p in found if p in seen and p not in self._lost_reissued]
 
     async def _publish(self, pokes: list[q.Poke]) -> None:
         pokes = q.unique(pokes)

@@ -161,6 +161,7 @@ async def unstarted_instances(
         .where(c.status == h.QUEUED, c.admit_priority.is_(None),
                c.created_at_ms < now_ms - grace_ms, c.lease_owner.is_(None),
                c.workflow.in_(served))
+        .order_by(c.created_at_ms)  # the oldest first, the same ones from sweep to sweep
         .limit(limit)
     )).all()
     return [(r.workflow, r.instance_id) for r in rows]

@@ -1,16 +1,19 @@
 """The sweeper re-issues lost wake-ups, ever less often, and never loses one to a broker error;
-it starts instances whose create message the broker lost, but never re-pokes a backlog."""
+it starts instances whose create message the broker lost, but leaves a queue's backlog alone."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import orjson
 import pytest
 from sqlalchemy import select, update
 
-from broker import Delivery, OutgoingMessage, broker_from_url
+from broker import Broker, Delivery, OutgoingMessage, PublishError, broker_from_url
 from broker._topology import Topology
 from engine._clock import now_ms
 from engine._store._database import Database
@@ -49,7 +52,7 @@ class Quick(WorkflowEntrypoint):
         return await step.do("only", lambda: "done")
 
 
-def _sweeper(db: Database, broker: Any, served: str = "napper",
+def _sweeper(db: Database, broker: Broker, served: str = "napper",
              lost_create_grace_ms: int = LOST_CREATE_GRACE_MS) -> Sweeper:
     return Sweeper(db, broker, worker_id="sweeper-test", served=[served], interval_s=60,
                    grace_ms=GRACE_MS, heartbeat_timeout_ms=60_000, retention_ms=86_400_000,
@@ -100,7 +103,36 @@ async def test_a_reissue_the_broker_refuses_is_retried_at_the_next_sweep(stack: 
         await db.close()
 
 
-async def _drop_queued(broker: Any, workflow: str, count: int) -> None:
+@contextlib.contextmanager
+def _publishes_refused(broker: Broker) -> Iterator[None]:
+    async def refuse(messages: Any) -> None:
+        raise PublishError("refused by the test")
+
+    with mock.patch.object(broker, "publish", refuse):
+        yield
+
+
+async def test_a_broker_error_counting_a_queue_costs_the_sweep_no_other_wake_up(
+    stack: Stack,
+) -> None:
+    db = Database(stack.database_url)
+    broker = broker_from_url(stack.broker_url, stack.namespace)
+    try:
+        await _asleep_and_ten_seconds_overdue(stack, db)
+        await broker.connect()
+
+        async def fail(workflow: str) -> int:
+            raise RuntimeError("queue.declare: NOT_FOUND")
+
+        with mock.patch.object(broker, "queue_depth", fail):
+            assert await _sweeper(db, broker).sweep_once() == 1
+        assert await broker.queue_depth("napper") == 1
+    finally:
+        await broker.close()
+        await db.close()
+
+
+async def _drop_queued(broker: Broker, workflow: str, count: int) -> None:
     """Take ``count`` messages off the workflow's queue and ack them unread: lost, as a broker
     restart loses the transient create messages it held."""
     dropped: list[Delivery] = []
@@ -135,7 +167,11 @@ async def test_an_instance_whose_create_message_was_lost_is_started_by_the_sweep
         await _drop_queued(broker, "quick", 1)
         # Lost, but younger than the grace: a worker may hold the create unsettled.
         assert await _sweeper(db, broker, served="quick").sweep_once() == 0
-        assert await quick.sweep_once() == 1
+        # Found once: a worker may still hold it unsettled; found again: lost.
+        assert await quick.sweep_once() == 0
+        with _publishes_refused(broker), pytest.raises(PublishError):
+            await quick.sweep_once()
+        assert await quick.sweep_once() == 1  # refused, so sent again
         assert await broker.queue_depth("quick") == 1
         # A worker holds that wake-up unsettled, so the queue looks empty again: it is not
         # re-issued while it may still be in flight.
