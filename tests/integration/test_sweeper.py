@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 from unittest import mock
 
@@ -59,6 +59,18 @@ def _sweeper(db: Database, broker: Broker, served: str = "napper",
                    lost_create_grace_ms=lost_create_grace_ms)
 
 
+@contextlib.asynccontextmanager
+async def _store_and_broker(stack: Stack) -> AsyncIterator[tuple[Database, Broker]]:
+    """The stack's store and a broker handle (not connected yet), closed afterwards."""
+    db = Database(stack.database_url)
+    broker = broker_from_url(stack.broker_url, stack.namespace)
+    try:
+        yield db, broker
+    finally:
+        await broker.close()
+        await db.close()
+
+
 async def _timer_due(db: Database) -> int:
     async with db.reading() as conn:
         return int((await conn.execute(select(timers.c.due_at_ms))).scalar_one())
@@ -67,9 +79,7 @@ async def _timer_due(db: Database) -> int:
 async def test_an_overdue_wake_up_is_reissued_then_left_alone_while_it_is_in_flight(
     stack: Stack,
 ) -> None:
-    db = Database(stack.database_url)
-    broker = broker_from_url(stack.broker_url, stack.namespace)
-    try:
+    async with _store_and_broker(stack) as (db, broker):
         await _asleep_and_ten_seconds_overdue(stack, db)
         await broker.connect()
         sweeper = _sweeper(db, broker)
@@ -81,15 +91,10 @@ async def test_an_overdue_wake_up_is_reissued_then_left_alone_while_it_is_in_fli
         assert await _timer_due(db) >= swept_at + 10_000
         assert await sweeper.sweep_once() == 0
         assert await broker.queue_depth("napper") == 1
-    finally:
-        await broker.close()
-        await db.close()
 
 
 async def test_a_reissue_the_broker_refuses_is_retried_at_the_next_sweep(stack: Stack) -> None:
-    db = Database(stack.database_url)
-    broker = broker_from_url(stack.broker_url, stack.namespace)  # never connected: refuses
-    try:
+    async with _store_and_broker(stack) as (db, broker):  # never connected: refuses
         await _asleep_and_ten_seconds_overdue(stack, db)
         due = await _timer_due(db)
         with pytest.raises(RuntimeError, match="not connected"):
@@ -98,9 +103,6 @@ async def test_a_reissue_the_broker_refuses_is_retried_at_the_next_sweep(stack: 
         await broker.connect()
         assert await _sweeper(db, broker).sweep_once() == 1
         assert await broker.queue_depth("napper") == 1
-    finally:
-        await broker.close()
-        await db.close()
 
 
 @contextlib.contextmanager
@@ -115,9 +117,7 @@ def _publishes_refused(broker: Broker) -> Iterator[None]:
 async def test_a_broker_error_counting_a_queue_costs_the_sweep_no_other_wake_up(
     stack: Stack,
 ) -> None:
-    db = Database(stack.database_url)
-    broker = broker_from_url(stack.broker_url, stack.namespace)
-    try:
+    async with _store_and_broker(stack) as (db, broker):
         await _asleep_and_ten_seconds_overdue(stack, db)
         await broker.connect()
 
@@ -127,9 +127,6 @@ async def test_a_broker_error_counting_a_queue_costs_the_sweep_no_other_wake_up(
         with mock.patch.object(broker, "queue_depth", fail):
             assert await _sweeper(db, broker).sweep_once() == 1
         assert await broker.queue_depth("napper") == 1
-    finally:
-        await broker.close()
-        await db.close()
 
 
 async def _drop_queued(broker: Broker, workflow: str, count: int) -> None:
@@ -154,9 +151,7 @@ async def _drop_queued(broker: Broker, workflow: str, count: int) -> None:
 async def test_an_instance_whose_create_message_was_lost_is_started_by_the_sweeper(
     stack: Stack,
 ) -> None:
-    db = Database(stack.database_url)
-    broker = broker_from_url(stack.broker_url, stack.namespace)
-    try:
+    async with _store_and_broker(stack) as (db, broker):
         await broker.connect()
         async with stack.client() as client:
             await client.workflow("quick").create(id="lost-1")
@@ -189,9 +184,6 @@ async def test_an_instance_whose_create_message_was_lost_is_started_by_the_sweep
         async with stack.running([Quick], sweep_interval_s=3600) as client:
             inst = await client.workflow("quick").get("lost-1")
             assert (await inst.wait_for_status("complete", timeout=20)).output == "done"
-    finally:
-        await broker.close()
-        await db.close()
 
 
 async def test_warren_creates_are_sent_transient_and_other_messages_persistent(
