@@ -19,6 +19,7 @@ from urllib.parse import urlsplit, urlunsplit
 import structlog
 from sqlalchemy.engine import make_url
 
+from engine._gc import tune_gc_for_serving
 from engine._http._remote import DEFAULT_API_URL
 from engine._loader import load_module, workflows_in
 from engine._settings import Settings
@@ -65,6 +66,8 @@ async def serve_worker(
     """``warren worker``: serve ``workflows`` until SIGINT or SIGTERM."""
     worker = Worker(workflows, concurrency=concurrency)
     _on_stop_signals(lambda: asyncio.ensure_future(worker.stop()))
+    await worker.start()
+    tune_gc_for_serving()
     await worker.run()
 
 
@@ -115,6 +118,7 @@ async def serve_dev(
     async with worker, _client(settings) as client:
         server = ApiServer(create_app(client), host, port)
         await server.start()
+        tune_gc_for_serving()
         print(banner("Warren dev", settings, server.url, [w.name for w in workflows]), flush=True)
         try:
             await stopped.wait()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import subprocess
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import orjson
 
+from engine._gc import YOUNG_GENERATION_THRESHOLD
 from engine._http._remote import ApiClient
 from tests.cli.conftest import (
     REPO,
@@ -80,6 +82,14 @@ def test_trigger_then_describe_as_table_and_json(dev: DevServer) -> None:
 
     triggered = warren_json("trigger", "greet", "--id", "cli-1b", env=dev.env)
     assert triggered["id"] == "cli-1b" and triggered["params"] == {}
+
+
+def test_dev_tunes_its_garbage_collector(dev: DevServer) -> None:
+    assert warren("trigger", "collector", "--id", "gc-dev", env=dev.env).returncode == 0
+    collector = _wait_status(dev, "collector", "gc-dev", "complete")["output"]
+    assert collector["frozen"] > 0
+    assert collector["young_threshold"] == YOUNG_GENERATION_THRESHOLD
+    assert gc.get_threshold()[0] != YOUNG_GENERATION_THRESHOLD  # not this test process's
 
 
 def test_list_and_describe_latest(dev: DevServer) -> None:
@@ -265,6 +275,12 @@ def test_api_and_worker_processes_share_rabbitmq_and_postgres(
         assert result.returncode == 0, result.stderr
         done = _wait_status(api, "approval", "split-1", "complete")
         assert done["output"] == {"approved_by": "ok"}
+        # The worker process froze its start-up objects and collects the young generation
+        # less often (engine._gc): the workflow reads the collector of the process it runs in.
+        assert warren("trigger", "collector", "--id", "gc-1", env=api.env).returncode == 0
+        collector = _wait_status(api, "collector", "gc-1", "complete")["output"]
+        assert collector["frozen"] > 0
+        assert collector["young_threshold"] == YOUNG_GENERATION_THRESHOLD
     finally:
         assert api.stop() == 0
         worker.terminate()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import time
 from typing import Any
 
@@ -34,3 +35,13 @@ class Sleepy(WorkflowEntrypoint):
         await step.sleep("nap", seconds)
         after = await step.do("after", lambda: "after")
         return [before, after]
+
+
+class Collector(WorkflowEntrypoint):
+    """Reports how the serving process's garbage collector is set (the CLI tunes it)."""
+
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        def read() -> dict[str, int]:
+            return {"frozen": gc.get_freeze_count(), "young_threshold": gc.get_threshold()[0]}
+
+        return await step.do("read the collector", read)
