@@ -140,6 +140,7 @@ async def _throughput_queue(dsn: str, probe: PgProbe, n: int, workers: ProcessGr
         elapsed = await _last_completion_s(probe, "noop3") - t0
         cpu_s, rss = workers.cpu_seconds() - cpu_before, workers.rss_bytes()
         workers.stop()  # makes PostgreSQL publish their final counters
+        engine.dispose()  # and the enqueuing connections theirs
         return _throughput_result(n, elapsed, created_s) | {
             "workers": opts.workers, "worker_cpu_s": round(cpu_s, 2),
             "worker_cpu_ms_per_step": round(cpu_s / (n * STEPS) * 1000, 3),
