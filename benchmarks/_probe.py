@@ -19,6 +19,8 @@ from typing import Any, Protocol
 import asyncpg
 import orjson
 
+from benchmarks._wait import until
+
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
 
@@ -172,6 +174,22 @@ async def pg_activity(probe: PgProbe) -> dict[str, int]:
     # (Counted over the user tables; ``updated`` also counts the rare catalog updates.)
     return {"commits": commit - probe.queries, "rollbacks": rollback, "inserted": inserted,
             "updated": updated, "hot_updated": hot, "deleted": deleted}
+
+
+async def wait_for_no_other_connection(probe: PgProbe, limit_s: float = 20.0) -> None:
+    """Wait until the probe is the only connection to its database.
+
+    PostgreSQL publishes a backend's counters at most once a second while it works, and
+    when it exits: a :func:`pg_activity` reading holds all that closed connections wrote
+    only once their backends are gone.
+    """
+    async def alone() -> bool:
+        rows = await probe.fetch(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        return int(rows[0][0]) == 0
+
+    await until(alone, limit_s=limit_s, interval=0.01, what="the other connections to close")
 
 
 def activity_per_step(before: dict[str, int], after: dict[str, int], steps: int

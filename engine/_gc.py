@@ -10,8 +10,9 @@ generation of 10,000 is rarely filled by what lives past reference counting: the
 spent 24-26 ms.
 
 The price: a frozen object that later becomes cyclic garbage is never freed (a start-up
-connection replaced after a reconnect, say), and cyclic garbage waits longer: the worker's
-resident memory at the peak of ``sleepers`` grew by about 5 MB (157 -> 162 MB).
+connection replaced after a reconnect, or a turn's object if the first messages arrived
+before the freeze), and cyclic garbage waits longer: the worker's resident memory at the
+peak of ``sleepers`` grew by about 5 MB (157 -> 162 MB).
 
 A library must not change the collector of the application that embeds it, so only the CLI's
 own processes call this; an application serving :class:`engine.Worker` itself can do the same.

@@ -16,7 +16,13 @@ from typing import Any
 
 from benchmarks._load import CpuWindow
 from benchmarks._options import Options
-from benchmarks._probe import PgProbe, activity_per_step, pg_activity, span_ms
+from benchmarks._probe import (
+    PgProbe,
+    activity_per_step,
+    pg_activity,
+    span_ms,
+    wait_for_no_other_connection,
+)
 from benchmarks._stats import rate
 from benchmarks._warren import ENGINES, WarrenTarget, warren_target
 from benchmarks.scenarios._common import create_batched, wait_complete
@@ -52,8 +58,7 @@ async def warren_throughput(engine: str, opts: Options, n: int, workers: int,
     async with warren_target(engine, opts.services, opts.log_dir) as target:
         creation = await creation_rates(target, opts) if with_creation else None
         if creation is not None:
-            await _publish_client_counters(target)
-            await target.client.connect()
+            await _publish_client_counters(target, reopen=True)
         if not backlog:
             await target.start_workers(workers)
         cpu_before = target.worker_cpu_seconds()
@@ -74,7 +79,7 @@ async def warren_throughput(engine: str, opts: Options, n: int, workers: int,
         cpu_s = target.worker_cpu_seconds() - cpu_before
         rss = target.worker_rss_bytes()
         await target.stop_workers()  # makes PostgreSQL publish their final counters
-        await _publish_client_counters(target)
+        await _publish_client_counters(target, reopen=False)
         sql_after = await _sql(target)
         result: dict[str, Any] = {
             "instances": n, "steps": n * STEPS, "workers": workers,
@@ -109,15 +114,21 @@ async def _start_together(target: WarrenTarget, workers: int) -> float:
     return time.time()
 
 
-async def _publish_client_counters(target: WarrenTarget) -> None:
-    """Close the client's connections, so that what it wrote counts in the next reading.
+async def _publish_client_counters(target: WarrenTarget, *, reopen: bool) -> None:
+    """On PostgreSQL, close the client's connections and wait for every other connection to
+    the database to be gone (``reopen``: then open the client's again), so that the next
+    reading holds all that was written before it.
 
-    PostgreSQL publishes a backend's counters when it exits, or after 10 s idle: read
-    right after the creation phase, the 3,500 creates of ``creation_rates`` landed in the
-    run's figures in some runs (2.6 rows inserted per step instead of 2.1), and the burst's
-    own creates were missing from them in others.
+    Read right after the creation phase, the 3,500 creates of ``creation_rates`` landed in
+    some runs' figures (2.6 rows inserted per step, where a 3-step instance writes 7 rows:
+    2.33), and other runs fell short of it (2.06-2.18).
     """
+    if not isinstance(target.probe, PgProbe):
+        return  # SQLite keeps no such counters
     await target.client.close()
+    await wait_for_no_other_connection(target.probe)
+    if reopen:
+        await target.client.connect()
 
 
 async def _sql(target: WarrenTarget) -> dict[str, int] | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import signal
 import subprocess
 from pathlib import Path
@@ -89,7 +88,6 @@ def test_dev_tunes_its_garbage_collector(dev: DevServer) -> None:
     collector = _wait_status(dev, "collector", "gc-dev", "complete")["output"]
     assert collector["frozen"] > 0
     assert collector["young_threshold"] == YOUNG_GENERATION_THRESHOLD
-    assert gc.get_threshold()[0] != YOUNG_GENERATION_THRESHOLD  # not this test process's
 
 
 def test_list_and_describe_latest(dev: DevServer) -> None:

@@ -18,7 +18,7 @@ from engine._http._app import create_app
 from engine._http._config import ApiSettings
 from engine._http._server import ApiServer
 from sdk import Client
-from tests.http.workflows import Approval, Greet, Sleepy
+from tests.http.workflows import Approval, Collector, Greet, Sleepy
 
 
 @dataclass
@@ -41,7 +41,7 @@ def start_api(namespace: str, sqlite_url: str) -> StartApi:
     async def start(settings: ApiSettings | None = None) -> AsyncIterator[RunningApi]:
         broker_url = f"memory://{namespace}"
         worker = Worker(
-            [Greet, Approval, Sleepy],
+            [Greet, Approval, Sleepy, Collector],
             broker_url=broker_url,
             database_url=sqlite_url,
             namespace=namespace,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -10,6 +11,7 @@ import httpx
 import orjson
 import pytest
 
+from engine._gc import YOUNG_GENERATION_THRESHOLD
 from engine._http._config import MIB, ApiSettings
 from engine._http._remote import ApiCallError, ApiClient
 from engine._http._signing import SIGNATURE_HEADER, sign
@@ -154,6 +156,16 @@ async def test_list_workflows(api: RunningApi) -> None:
     assert response.status_code == 200, response.text
     names = [w["name"] for w in response.json()["items"]]
     assert {"greet", "approval", "sleepy"} <= set(names)
+
+
+async def test_the_library_worker_leaves_the_collector_alone(api: RunningApi) -> None:
+    """Only the CLI's own processes tune the garbage collector (engine._gc): the worker
+    serving this API runs in the test's process, which keeps its own settings."""
+    await api.http.post("/workflows/collector/instances", json={"id": "gc-lib"})
+    done = await _wait_status(api, "collector", "gc-lib", "complete")
+    assert done["output"] == {"frozen": gc.get_freeze_count(),
+                              "young_threshold": gc.get_threshold()[0]}
+    assert done["output"]["young_threshold"] != YOUNG_GENERATION_THRESHOLD
 
 
 # -- errors ---------------------------------------------------------------------------------------
