@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import importlib.util
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -107,7 +108,9 @@ def params(opts: Options) -> dict[str, Any]:
             "worker_counts": list(opts.worker_counts), "max_concurrency": opts.max_concurrency,
             "dbos_mode": opts.dbos_mode,
             "celery_concurrency": opts.celery_concurrency,
-            "celery_prefetch": opts.celery_prefetch}
+            "celery_prefetch": opts.celery_prefetch,
+            # Inherited by Warren's client and workers (README, Configuration).
+            "warren_lifecycle_events": os.environ.get("WARREN_LIFECYCLE_EVENTS") or "all"}
 
 
 def _missing_package(engine: str) -> str | None:

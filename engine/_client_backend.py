@@ -17,7 +17,7 @@ from engine._clock import now_ms
 from engine._codec import encode_json
 from engine._create_group import CreateGroups
 from engine._history import FINISHED_STATUSES
-from engine._lifecycle import lifecycle_message
+from engine._lifecycle import LifecycleEvents
 from engine._settings import Settings
 from engine._store._control import control_txn
 from engine._store._database import Database
@@ -51,6 +51,7 @@ class EngineClientBackend:
         # Creates hold one connection per workflow at a time (they are group-committed), so
         # a small pool serves any number of concurrent creators and leaves room for reads.
         self._db = Database(self.settings.database_url, pool_size=4)
+        self._events = LifecycleEvents(self.settings.lifecycle_events)
         self._broker: Broker = broker_from_url(self.settings.broker_url, self.settings.namespace)
         self._connected = False
         self._declared: set[str] = set()
@@ -119,7 +120,8 @@ class EngineClientBackend:
                 orjson.dumps({"id": n.instance_id, "params": orjson.Fragment(n.params)}),
                 message_id=n.token, headers=rows[n.instance_id].headers(), persistent=False,
             ) for n in new),
-            *(lifecycle_message(workflow, n.instance_id, "instance.queued", {}) for n in new),
+            *(m for n in new
+              for m in self._events.messages(workflow, n.instance_id, [("instance.queued", {})])),
         ])
 
     async def status(self, workflow: str, instance_id: str) -> dict[str, Any] | None:

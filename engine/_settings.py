@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from engine._lifecycle import check_lifecycle_level
 from sdk.errors import ValidationError
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///warren.db"
@@ -45,6 +46,9 @@ class Settings:
             their history this long after they ended. Env ``WARREN_RETENTION_DAYS``.
         workflow_max_concurrency: Per-workflow limits overriding each workflow's
             ``max_concurrency``. Env ``WARREN_WORKFLOW_MAX_CONCURRENCY="orders=10,emails=50"``.
+        lifecycle_events: Which lifecycle events the process publishes: ``all``,
+            ``instance`` (only ``instance.*``) or ``none`` (see
+            ``engine._lifecycle.LifecycleEvents``). Env ``WARREN_LIFECYCLE_EVENTS``.
     """
 
     broker_url: str | None = None
@@ -63,6 +67,10 @@ class Settings:
     max_concurrency: int = 50_000
     retention_days: float = 30.0
     workflow_max_concurrency: Mapping[str, int] = field(default_factory=dict)
+    lifecycle_events: str = "all"
+
+    def __post_init__(self) -> None:
+        check_lifecycle_level(self.lifecycle_events)
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -71,6 +79,7 @@ class Settings:
             "broker_url": os.environ.get("WARREN_BROKER_URL") or None,
             "database_url": os.environ.get("WARREN_DATABASE_URL") or DEFAULT_DATABASE_URL,
             "namespace": os.environ.get("WARREN_NAMESPACE") or "warren",
+            "lifecycle_events": os.environ.get("WARREN_LIFECYCLE_EVENTS") or "all",
         }
         numeric = {
             "concurrency": ("WARREN_CONCURRENCY", int),

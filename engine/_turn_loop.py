@@ -36,7 +36,7 @@ from engine._codec import MAX_VALUE_BYTES, encode_json, error_dict
 from engine._early_wake import EarlyWakeups
 from engine._history import FINISHED_STATUSES, AttemptResult
 from engine._intake import Intake, Taken
-from engine._lifecycle import lifecycle_message
+from engine._lifecycle import LifecycleEvents
 from engine._replay import InstanceRun, TurnOutcome
 from engine._resume_cache import KeptRun, ResumeCache
 from engine._runner import StepJob, StepRunner
@@ -101,7 +101,7 @@ class TurnLoop:
         self, db: Database, broker: Broker, runner: StepRunner,
         workflows: dict[str, type[WorkflowEntrypoint]], *, worker_id: str,
         batch_size: int, lease_ms: int, parallelism: int, wake_lead_ms: int,
-        resume_cache_steps: int,
+        resume_cache_steps: int, lifecycle_events: LifecycleEvents,
     ) -> None:
         self._db = db
         self._broker = broker
@@ -118,6 +118,7 @@ class TurnLoop:
         # Per workflow: whether turns may take slots without locking the gates (unknown: try).
         self._slots_open: dict[str, bool] = {}
         self._tokens = itertools.count(1)
+        self._events = lifecycle_events
         self._lifecycle: list[OutgoingMessage] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -264,7 +265,8 @@ class TurnLoop:
         if result == "duplicate":
             raise _Rejected(f"instance id {instance_id!r} already exists in {workflow!r}")
         if result == "created":
-            self._lifecycle.append(lifecycle_message(workflow, instance_id, "instance.queued", {}))
+            self._lifecycle += self._events.messages(workflow, instance_id,
+                                                     [("instance.queued", {})])
         return str(instance_id)
 
     async def _store_events(
@@ -557,8 +559,8 @@ class TurnLoop:
         workflow, done = turn.workflow, turn.done
         messages, self._lifecycle = self._lifecycle, []
         for snap in turn.leased.restarted:
-            messages.append(lifecycle_message(workflow, snap.instance_id, "instance.restarted",
-                                              {}))
+            messages += self._events.messages(workflow, snap.instance_id,
+                                              [("instance.restarted", {})])
         messages += [turn_message(wf, "wake", iid) for wf, iid in done.admitted]
         for snapshot, outcome in turn.decided:
             if snapshot.pk in done.again:
@@ -566,11 +568,9 @@ class TurnLoop:
             if snapshot.pk not in done.held or snapshot.pk in done.denied:
                 continue
             iid = snapshot.instance_id
-            for kind, details in [*outcome.step_events, *_instance_events(snapshot.status,
-                                                                          outcome)]:
-                messages.append(lifecycle_message(workflow, iid, kind, details))
-            for data in outcome.progress:
-                messages.append(lifecycle_message(workflow, iid, "progress", {"data": data}))
+            messages += self._events.messages(workflow, iid, [
+                *outcome.step_events, *_instance_events(snapshot.status, outcome),
+                *(("progress", {"data": data}) for data in outcome.progress)])
             log.debug("turn", workflow=workflow, instance=snapshot.instance_id,
                       status=outcome.status, started=len(outcome.attempts))
             for due_ms in outcome.timers_set.values():

@@ -13,6 +13,7 @@ import structlog
 
 from broker import Broker, Consumer, broker_from_url
 from engine._clock import now_ms
+from engine._lifecycle import LifecycleEvents
 from engine._runner import StepRunner
 from engine._settings import Settings
 from engine._store._database import Database
@@ -66,6 +67,7 @@ class Worker:
             batch_size=s.turn_batch_size, lease_ms=int(s.lease_s * 1000),
             parallelism=s.turn_parallelism, wake_lead_ms=int(s.wake_lead_s * 1000),
             resume_cache_steps=s.resume_cache_steps,
+            lifecycle_events=LifecycleEvents(s.lifecycle_events),
         )
         self._sweeper = Sweeper(
             self.db, self.broker, worker_id=self.worker_id, served=self.workflows,

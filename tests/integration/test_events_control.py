@@ -273,6 +273,37 @@ async def test_subscriber_sees_step_and_instance_events_in_order(stack: Stack) -
     assert all("timestamp" in e for e in seen)
 
 
+async def test_lifecycle_events_instance_publishes_only_instance_kinds(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WARREN_LIFECYCLE_EVENTS", "instance")  # the client's setting
+    async with stack.running([Steps], lifecycle_events="instance") as client, \
+            _lifecycle(client, "steps") as seen:
+        inst = await client.workflow("steps").create(params={})
+        await inst.wait_for_status("complete", timeout=10)
+        # Published in order on one channel: step events would have come before this one.
+        await eventually(lambda: any(e["kind"] == "instance.complete" for e in seen), timeout=5)
+    assert [e["kind"] for e in seen] == ["instance.queued", "instance.started",
+                                         "instance.complete"]
+
+
+async def test_lifecycle_events_none_publishes_nothing(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WARREN_LIFECYCLE_EVENTS", "none")  # the client's and the worker's
+    async with stack.client() as client, _lifecycle(client, "steps") as seen:
+        async with stack.worker([Steps]):
+            inst = await client.workflow("steps").create(params={})
+            await inst.wait_for_status("complete", timeout=10)
+        # The worker has closed its connection: whatever it published is routed by now, so
+        # an event published after it marks the end of what the subscriber can receive.
+        monkeypatch.setenv("WARREN_LIFECYCLE_EVENTS", "instance")
+        async with stack.client() as marker:
+            end = await marker.workflow("steps").create(params={})  # no worker: stays queued
+        await eventually(lambda: bool(seen), timeout=5)
+    assert [(e["instance_id"], e["kind"]) for e in seen] == [(end.id, "instance.queued")]
+
+
 async def test_list_pages_are_stable_while_instances_are_created(stack: Stack) -> None:
     total = 10_000 if stack.name == "rabbitmq-postgres" else 2_000
     async with stack.client() as client:
