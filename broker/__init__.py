@@ -12,6 +12,7 @@ from broker._base import (
     Exchange,
     OutgoingMessage,
     PublishError,
+    Subscription,
 )
 from broker._envelope import Envelope, EnvelopeError, turn_message
 from broker._factory import broker_from_url
@@ -30,6 +31,7 @@ __all__ = [
     "Exchange",
     "OutgoingMessage",
     "PublishError",
+    "Subscription",
     "broker_from_url",
     "turn_message",
 ]

@@ -105,6 +105,19 @@ class Consumer(abc.ABC):
         """Stop delivering; unsettled deliveries are returned to the queue by the broker."""
 
 
+class Subscription(AsyncIterator[Delivery], abc.ABC):
+    """Messages published to a topic/fanout exchange that match one binding key."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Bind; every message published after this returns is received. Idempotent (the
+        first ``__anext__`` binds too)."""
+
+    @abc.abstractmethod
+    async def aclose(self) -> None:
+        """Unbind and end the iteration."""
+
+
 class Broker(abc.ABC):
     """Connection to a message broker with Warren's topology.
 
@@ -157,8 +170,8 @@ class Broker(abc.ABC):
         """
 
     @abc.abstractmethod
-    def subscribe(self, exchange: Exchange, binding_key: str) -> AsyncIterator[Delivery]:
-        """Iterate over messages published to a topic/fanout exchange from now on.
+    def subscribe(self, exchange: Exchange, binding_key: str) -> Subscription:
+        """Iterate over messages published to a topic/fanout exchange once bound.
 
         Backed by an exclusive, auto-deleted queue; deliveries need no settling.
         """

@@ -15,7 +15,7 @@ import dataclasses
 import heapq
 import itertools
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import ClassVar, Literal, Protocol
@@ -34,6 +34,7 @@ from broker._base import (
     HeaderValue,
     OutgoingMessage,
     PublishError,
+    Subscription,
 )
 from broker._topology import (
     DEFAULT_NAMESPACE,
@@ -267,7 +268,7 @@ class _MemoryConsumer(Consumer):
         self._broker._consumers.discard(self)
 
 
-class MemorySubscription(AsyncIterator[Delivery]):
+class MemorySubscription(Subscription):
     """Messages matching one binding, from creation on; ``aclose()`` (or ``async with``) ends it."""
 
     def __init__(self, state: _State, exchange: Exchange, binding_key: str) -> None:

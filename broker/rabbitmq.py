@@ -35,7 +35,7 @@ import asyncio
 import contextlib
 import functools
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -74,6 +74,7 @@ from broker._base import (
     HeaderValue,
     OutgoingMessage,
     PublishError,
+    Subscription,
 )
 from broker._frames import publish_frames, settle_frame
 from broker._topology import (
@@ -330,7 +331,7 @@ class _RabbitConsumer(Consumer):
             self._broker.log.debug("consumer channel already closed", error=repr(exc))
 
 
-class RabbitSubscription(AsyncIterator[Delivery]):
+class RabbitSubscription(Subscription):
     """Messages matching one binding, via an exclusive auto-delete queue.
 
     The queue is bound by :meth:`start` (or ``async with``, or the first ``__anext__``); only

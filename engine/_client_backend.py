@@ -5,13 +5,13 @@ from __future__ import annotations
 import base64
 import builtins
 import uuid
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import orjson
 from sqlalchemy.exc import IntegrityError
 
-from broker import Broker, OutgoingMessage, broker_from_url, turn_message
+from broker import Broker, OutgoingMessage, Subscription, broker_from_url, turn_message
 from engine._announced import Announcement
 from engine._clock import now_ms
 from engine._codec import encode_json
@@ -187,13 +187,45 @@ class EngineClientBackend:
         async with self._db.reading() as conn:
             return await workflow_names(conn)
 
-    async def subscribe(
-        self, workflow: str | None, instance_id: str | None
-    ) -> AsyncIterator[dict[str, Any]]:
-        await self.connect()
-        key = f"{workflow or '*'}.{instance_id or '*'}.#"
-        async for delivery in self._broker.subscribe("lifecycle", key):
-            yield orjson.loads(delivery.body)
+    def subscribe(self, workflow: str | None, instance_id: str | None) -> _LifecycleSubscription:
+        return _LifecycleSubscription(self._broker, self.connect,
+                                      f"{workflow or '*'}.{instance_id or '*'}.#")
+
+
+class _LifecycleSubscription:
+    """Lifecycle events matching one binding key, decoded (``sdk.Subscription``'s backend).
+
+    Nothing is bound until :meth:`start` (or the first ``__anext__``): the client connects
+    then, not when ``subscribe`` is called.
+    """
+
+    def __init__(self, broker: Broker, connect: Callable[[], Awaitable[None]],
+                 binding_key: str) -> None:
+        self._broker = broker
+        self._connect = connect
+        self._binding_key = binding_key
+        self._subscription: Subscription | None = None
+        self._closed = False
+
+    async def start(self) -> None:
+        if self._closed:
+            return
+        if self._subscription is None:
+            await self._connect()
+            self._subscription = self._broker.subscribe("lifecycle", self._binding_key)
+        await self._subscription.start()
+
+    async def __anext__(self) -> dict[str, Any]:
+        await self.start()
+        if self._subscription is None:  # closed before it started
+            raise StopAsyncIteration
+        delivery = await self._subscription.__anext__()
+        return dict(orjson.loads(delivery.body))
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._subscription is not None:
+            await self._subscription.aclose()
 
 
 def _encode_cursor(pk: int) -> str:

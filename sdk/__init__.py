@@ -2,12 +2,13 @@
 
 Workflow authoring: :class:`WorkflowEntrypoint`, :class:`WorkflowEvent`,
 :class:`WorkflowStep`, :class:`StepContext`, :class:`RollbackContext`, :class:`ReceivedEvent`.
-Client: :class:`Client`, :class:`Workflow`, :class:`Instance`, :class:`InstanceStatus`.
+Client: :class:`Client`, :class:`Workflow`, :class:`Instance`, :class:`InstanceStatus`,
+:class:`Subscription`.
 Configuration helpers: :func:`parse_duration`, :class:`RetryPolicy`, :class:`StepConfig`.
 Errors: see :mod:`sdk.errors`.
 """
 
-from sdk._client import Client, Instance, InstanceStatus, Workflow
+from sdk._client import Client, Instance, InstanceStatus, Subscription, Workflow
 from sdk._config import RetryPolicy, StepConfig
 from sdk._durations import parse_duration
 from sdk._step_function import StepFunction
@@ -48,6 +49,7 @@ __all__ = [
     "Client",
     "Instance",
     "InstanceStatus",
+    "Subscription",
     "Workflow",
     # configuration
     "RetryPolicy",

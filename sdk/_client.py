@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -95,7 +95,44 @@ class ClientBackend(Protocol):
     async def counts(self, workflow: str) -> dict[str, Any]: ...
     def subscribe(
         self, workflow: str | None, instance_id: str | None
-    ) -> AsyncIterator[dict[str, Any]]: ...
+    ) -> SubscriptionBackend: ...
+
+
+class SubscriptionBackend(Protocol):
+    """What a :class:`Subscription` needs from the engine side."""
+
+    async def start(self) -> None: ...
+    async def __anext__(self) -> dict[str, Any]: ...
+    async def aclose(self) -> None: ...
+
+
+class Subscription:
+    """Lifecycle events as they are published (see :meth:`Client.subscribe`).
+
+    Inside ``async with``, the subscription is bound when the block begins: every event
+    published from then on is received, so create the instances to follow inside it.
+    Iterated without it, it binds at the first iteration (and sees nothing from before).
+    """
+
+    def __init__(self, backend: SubscriptionBackend) -> None:
+        self._backend = backend
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        return await self._backend.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop receiving; an iteration in progress ends."""
+        await self._backend.aclose()
+
+    async def __aenter__(self) -> Subscription:
+        await self._backend.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 class Instance:
@@ -288,18 +325,20 @@ class Client:
 
     def subscribe(
         self, workflow: str | None = None, instance_id: str | None = None
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Follow lifecycle events live (from the moment of subscribing).
+    ) -> Subscription:
+        """Follow lifecycle events live, of one workflow or instance, or of all.
 
-        ``async for event in client.subscribe("transfer"): ...`` — each event is a dict with
+        ``async with client.subscribe("transfer") as events:`` receives every event published
+        after the block begins; ``async for event in events: ...``. Each event is a dict with
         ``kind`` (e.g. ``step.succeeded``, ``instance.complete``), ``workflow``,
-        ``instance_id``, ``timestamp`` and details.
+        ``instance_id``, ``timestamp`` and details. Events are not durable: what is
+        published while nothing is subscribed is gone.
         """
         if workflow is not None:
             check_workflow_name(workflow)
         if instance_id is not None:
             check_instance_id(instance_id)
-        return self._backend.subscribe(workflow, instance_id)
+        return Subscription(self._backend.subscribe(workflow, instance_id))
 
     async def connect(self) -> None:
         await self._backend.connect()

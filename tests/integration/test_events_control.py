@@ -203,18 +203,18 @@ class Steps(WorkflowEntrypoint):
 @asynccontextmanager
 async def _lifecycle(client: Client, workflow: str) -> Any:
     seen: list[dict[str, Any]] = []
+    async with client.subscribe(workflow) as events:  # bound from here on
 
-    async def collect() -> None:
-        async for event in client.subscribe(workflow):
-            seen.append(event)
+        async def collect() -> None:
+            async for event in events:
+                seen.append(event)
 
-    task = asyncio.create_task(collect())
-    await asyncio.sleep(0.3)  # let the subscription bind before anything is published
-    try:
-        yield seen
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        task = asyncio.create_task(collect())
+        try:
+            yield seen
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_pause_resume_terminate_restart(stack: Stack) -> None:
@@ -271,6 +271,20 @@ async def test_subscriber_sees_step_and_instance_events_in_order(stack: Stack) -
     assert mine[-1] == "instance.complete"
     assert mine.count("step.succeeded") == 3
     assert all("timestamp" in e for e in seen)
+
+
+async def test_a_subscription_receives_every_event_published_once_its_block_began(
+    stack: Stack,
+) -> None:
+    client = stack.client()
+    async with client, client.subscribe("steps") as events:
+        # No worker: the client's instance.queued is the only event there will be, so a
+        # subscription bound only at the first iteration would never receive it.
+        inst = await client.workflow("steps").create(params={})
+        first = await asyncio.wait_for(events.__anext__(), timeout=5)
+        assert (first["instance_id"], first["kind"]) == (inst.id, "instance.queued")
+        await events.aclose()
+        assert [event async for event in events] == []  # closed: the iteration ends
 
 
 async def test_lifecycle_events_instance_publishes_only_instance_kinds(

@@ -140,22 +140,24 @@ async def _status(stack: Stack, instance_id: str) -> Any:
 
 class _Collector:
     def __init__(self, client: Client) -> None:
-        self.client = client
+        self.subscription = client.subscribe()
         self.seen: list[dict[str, Any]] = []
         self.task: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> list[dict[str, Any]]:
+        events = await self.subscription.__aenter__()  # bound from here on
+
         async def collect() -> None:
-            async for event in self.client.subscribe():
+            async for event in events:
                 self.seen.append(event)
         self.task = asyncio.create_task(collect())
-        await asyncio.sleep(0.3)  # bind the subscription before anything is published
         return self.seen
 
     async def __aexit__(self, *exc: object) -> None:
         assert self.task is not None
         self.task.cancel()
         await asyncio.gather(self.task, return_exceptions=True)
+        await self.subscription.aclose()
 
 
 def _events(client: Client) -> _Collector:

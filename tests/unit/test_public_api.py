@@ -11,7 +11,7 @@ def test_sdk_exports() -> None:
     assert sorted(sdk.__all__) == sorted([
         "ReceivedEvent", "RollbackContext", "StepContext", "StepFunction", "StepInfo",
         "WorkflowEntrypoint", "WorkflowEvent", "WorkflowStep",
-        "Client", "Instance", "InstanceStatus", "Workflow",
+        "Client", "Instance", "InstanceStatus", "Subscription", "Workflow",
         "RetryPolicy", "StepConfig", "parse_duration",
         "EngineUnavailableError", "InstanceExistsError", "InstanceNotFoundError",
         "InvalidTransitionError", "LimitExceededError", "NonDeterminismError",
@@ -31,7 +31,7 @@ def test_broker_exports() -> None:
         "ORIGIN_EXCHANGE_HEADER", "ORIGIN_ROUTING_KEY_HEADER", "REASON_HEADER", "STORED_HEADER",
         "Broker",
         "Consumer", "Delivery", "DeliveryHandler", "Envelope", "EnvelopeError", "Exchange",
-        "OutgoingMessage", "PublishError", "broker_from_url", "turn_message",
+        "OutgoingMessage", "PublishError", "Subscription", "broker_from_url", "turn_message",
     ])
     assert all(hasattr(broker, name) for name in broker.__all__)
 
