@@ -106,7 +106,8 @@ class Worker:
                                                                     prefetch=10))
         log.info("worker started", worker=self.worker_id, workflows=sorted(self.workflows),
                  broker=_redact(self.settings.broker_url or "memory://"),
-                 database=_redact(self.settings.database_url))
+                 database=_redact(self.settings.database_url),
+                 lifecycle_events=self.settings.lifecycle_events)
 
     async def run(self) -> None:
         """Start and serve until :meth:`stop` is called (or the task is cancelled)."""
