@@ -191,6 +191,13 @@ def test_errors_are_one_line_and_a_nonzero_exit(dev: DevServer, tmp_path: Path) 
         1,
         "no workflow named nope",
     )
+    _one_line_error(
+        warren("worker", str(REPO / "examples" / "order_processing.py"),
+               env=clean_env(WARREN_LIFECYCLE_EVENTS="steps")),
+        1,
+        "WARREN_LIFECYCLE_EVENTS",
+        "all, instance, none",
+    )
     usage = warren("instances", "describe", "greet", env=dev.env)
     assert usage.returncode == 2 and "usage:" in usage.stderr
 
