@@ -22,7 +22,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Self
 
 Exchange = Literal["create", "events", "lifecycle", "dead", "internal"]
 HeaderValue = str | int | float | bool | None
@@ -106,16 +106,27 @@ class Consumer(abc.ABC):
 
 
 class Subscription(AsyncIterator[Delivery], abc.ABC):
-    """Messages published to a topic/fanout exchange that match one binding key."""
+    """Messages published to a topic/fanout exchange that match one binding key.
+
+    ``async with`` binds on entry and closes on exit.
+    """
 
     @abc.abstractmethod
     async def start(self) -> None:
         """Bind; every message published after this returns is received. Idempotent (the
-        first ``__anext__`` binds too)."""
+        first ``__anext__`` binds too); a subscription closed before or while it binds
+        is left bound to nothing."""
 
     @abc.abstractmethod
     async def aclose(self) -> None:
-        """Unbind and end the iteration."""
+        """Unbind and end the iteration; idempotent."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 class Broker(abc.ABC):

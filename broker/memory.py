@@ -15,7 +15,7 @@ import dataclasses
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import ClassVar, Literal, Protocol
@@ -271,8 +271,10 @@ class _MemoryConsumer(Consumer):
 class MemorySubscription(Subscription):
     """Messages matching one binding, from creation on; ``aclose()`` (or ``async with``) ends it."""
 
-    def __init__(self, state: _State, exchange: Exchange, binding_key: str) -> None:
+    def __init__(self, state: _State, exchange: Exchange, binding_key: str,
+                 on_close: Callable[[MemorySubscription], None]) -> None:
         self._state = state
+        self._on_close = on_close
         self._messages: asyncio.Queue[_Message | None] = asyncio.Queue()
         self._closed = False
         state.bind(exchange, binding_key, self)
@@ -295,13 +297,8 @@ class MemorySubscription(Subscription):
         if not self._closed:
             self._closed = True
             self._state.unbind(self)
+            self._on_close(self)
             self._messages.put_nowait(None)
-
-    async def __aenter__(self) -> MemorySubscription:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
 
 class MemoryBroker(Broker):
@@ -407,7 +404,8 @@ class MemoryBroker(Broker):
         self._check_connected()
         if exchange not in EXCHANGE_TYPES:
             raise ValueError(f"unknown exchange {exchange!r}")
-        subscription = MemorySubscription(self._state, exchange, binding_key)
+        subscription = MemorySubscription(self._state, exchange, binding_key,
+                                          self._subscriptions.discard)
         self._subscriptions.add(subscription)
         return subscription
 

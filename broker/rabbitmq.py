@@ -363,6 +363,9 @@ class RabbitSubscription(Subscription):
             except BaseException:
                 await channel.close()
                 raise
+            if self._closed:  # aclose() ran while it bound: nobody will read the queue
+                await channel.close()
+                return
             self._channel = channel
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
@@ -390,12 +393,6 @@ class RabbitSubscription(Subscription):
             except _CHANNEL_GONE as exc:
                 self._broker.log.debug("subscription channel already closed", error=repr(exc))
 
-    async def __aenter__(self) -> RabbitSubscription:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
 
 class RabbitBroker(Broker):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import builtins
 import uuid
@@ -205,15 +206,19 @@ class _LifecycleSubscription:
         self._connect = connect
         self._binding_key = binding_key
         self._subscription: Subscription | None = None
+        self._starting = asyncio.Lock()  # two starts at once must not bind twice
         self._closed = False
 
     async def start(self) -> None:
-        if self._closed:
-            return
-        if self._subscription is None:
-            await self._connect()
-            self._subscription = self._broker.subscribe("lifecycle", self._binding_key)
-        await self._subscription.start()
+        async with self._starting:
+            if self._subscription is None:
+                if self._closed:
+                    return
+                await self._connect()
+                if self._closed:  # closed while connecting: bind nothing
+                    return
+                self._subscription = self._broker.subscribe("lifecycle", self._binding_key)
+            await self._subscription.start()
 
     async def __anext__(self) -> dict[str, Any]:
         await self.start()

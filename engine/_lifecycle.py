@@ -29,8 +29,8 @@ def _message(
 class LifecycleEvents:
     """Which lifecycle events a process publishes (``Settings.lifecycle_events``).
 
-    ``all`` (the default) publishes every kind; ``instance`` only the ``instance.*`` ones (a
-    handful per instance, however many steps it runs); ``none`` publishes nothing. RabbitMQ
+    ``all`` (the default) publishes every kind; ``instance`` only the ``instance.*`` ones (one
+    per status change, however many steps the instance runs); ``none`` publishes nothing. RabbitMQ
     routes every event through the topic exchange even when no queue is bound to it, and
     that is work: at three events per step, two thirds of its CPU per step in ``throughput``
     (benchmarks/README.md). A deployment that follows no step live can leave them out.

@@ -332,7 +332,8 @@ class Client:
         after the block begins; ``async for event in events: ...``. Each event is a dict with
         ``kind`` (e.g. ``step.succeeded``, ``instance.complete``), ``workflow``,
         ``instance_id``, ``timestamp`` and details. Events are not durable: what is
-        published while nothing is subscribed is gone.
+        published while nothing is subscribed is gone. A subscription holds a queue on the
+        broker until its block ends, :meth:`Subscription.aclose` or the client closes.
         """
         if workflow is not None:
             check_workflow_name(workflow)

@@ -215,4 +215,5 @@ class WorkflowStep(abc.ABC):
 
     @abc.abstractmethod
     def report_progress(self, data: Any) -> None:
-        """Publish a non-durable progress lifecycle event."""
+        """Publish a non-durable progress lifecycle event (only where the worker publishes
+        every kind: ``WARREN_LIFECYCLE_EVENTS=all``, the default)."""

@@ -545,6 +545,20 @@ async def test_subscribe_receives_matching_lifecycle_messages(broker: Broker) ->
         await delivery.ack()  # allowed, and a no-op
 
 
+async def test_a_subscription_closed_while_it_binds_ends_and_holds_nothing(
+    broker: Broker,
+) -> None:
+    subscription = broker.subscribe("lifecycle", f"{new_workflow()}.#")
+    starting = asyncio.create_task(subscription.start())
+    await asyncio.sleep(0)  # binding is under way (on RabbitMQ: its channel is opening)
+    await subscription.aclose()
+    await asyncio.wait_for(starting, 10)
+    assert await asyncio.wait_for(anext(subscription, None), 5) is None  # the iteration ended
+    # Neither a channel with a bound queue (RabbitMQ) nor the broker's record of it is left.
+    assert getattr(subscription, "_channel", None) is None
+    assert subscription not in broker._subscriptions  # type: ignore[attr-defined]
+
+
 async def test_notifications_published_with_other_messages_arrive_whole_and_in_order(
     broker: Broker,
 ) -> None:

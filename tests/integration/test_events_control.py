@@ -287,6 +287,21 @@ async def test_a_subscription_receives_every_event_published_once_its_block_bega
         assert [event async for event in events] == []  # closed: the iteration ends
 
 
+async def test_a_subscription_closed_before_or_while_it_binds_ends(stack: Stack) -> None:
+    client = stack.client()
+    async with client:
+        early = client.subscribe("steps")
+        await early.aclose()
+        assert [event async for event in early] == []
+        racing = client.subscribe("steps")
+        iterating = asyncio.create_task(anext(racing, None))
+        entering = asyncio.create_task(racing.__aenter__())  # a second start at once
+        await asyncio.sleep(0)
+        await racing.aclose()
+        assert await asyncio.wait_for(iterating, 5) is None
+        await asyncio.wait_for(entering, 5)
+
+
 async def test_lifecycle_events_instance_publishes_only_instance_kinds(
     stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
