@@ -43,11 +43,24 @@ class StepRecord:
     error: dict[str, Any] | None = None
     wake_at_ms: int | None = None
     ended_at_ms: int | None = None
+    attempt_started_at_ms: int | None = None  # when its latest attempt started
     token: str | None = None  # of its latest attempt (a column of its own: not in step_values)
 
     @property
     def completed(self) -> bool:
         return self.completed_seq is not None
+
+
+@dataclass(frozen=True, slots=True)
+class FailedAttempt:
+    """An attempt whose failure a turn applied: a row of the attempt log, which keeps the
+    attempts that failed (a step's latest attempt is described by its own row)."""
+
+    key: str
+    attempt: int
+    started_at_ms: int
+    ended_at_ms: int
+    error: dict[str, Any] | None
 
 
 @dataclass(frozen=True, slots=True)

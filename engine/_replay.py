@@ -83,6 +83,7 @@ class TurnOutcome:
     progress: list[Any] = field(default_factory=list)
     events_consumed: list[tuple[int, str]] = field(default_factory=list)
     step_events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    failed_attempts: list[h.FailedAttempt] = field(default_factory=list)
     rollback: dict[str, Any] | None = None
     loose_ends: bool = True
     """Whether a finished instance may still have attempts in flight or timers set that
@@ -322,6 +323,9 @@ class InstanceRun(SagaMixin):
             elif r.kind in _ATTEMPTED and r.state == h.RUNNING and r.attempt_outcome == "ok":
                 done.append((r.ended_at_ms or 0, r.start_seq, r, h.SUCCEEDED))
             elif r.kind in _ATTEMPTED and r.state == h.RUNNING and r.attempt_outcome == "error":
+                ended = r.ended_at_ms or self.now_ms
+                self.outcome.failed_attempts.append(h.FailedAttempt(
+                    r.key, r.attempt, r.attempt_started_at_ms or ended, ended, r.error))
                 error = r.error or {}
                 if error.get("non_retryable") or r.attempt > r.config["retries"]["limit"]:
                     done.append((r.ended_at_ms or 0, r.start_seq, r, h.FAILED))
@@ -472,7 +476,8 @@ class InstanceRun(SagaMixin):
 
     def _start_attempt(self, attempt: AttemptStart) -> None:
         self.outcome.attempts.append(attempt)
-        self._records[attempt.key].token = attempt.token
+        record = self._records[attempt.key]
+        record.token, record.attempt_started_at_ms = attempt.token, self.now_ms
         kind = "rollback.step.started" if attempt.key.startswith("rollback:") else "step.started"
         self.outcome.step_events.append((kind, {
             "step": attempt.name, "count": attempt.count, "attempt": attempt.attempt}))

@@ -411,7 +411,7 @@ class TurnLoop:
                               instance=snapshot.instance_id)
                 continue
             runs[pk], resumed[pk] = run, taken
-            decided.append(DecidedTurn(snapshot, outcome, ended[pk]))
+            decided.append(DecidedTurn(snapshot, outcome))
         for new in announced.values():
             run = InstanceRun(self._workflows[workflow], new.snapshot, now)
             try:

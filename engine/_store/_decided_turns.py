@@ -3,8 +3,8 @@
 Most turns are one of three kinds: the first (a new instance takes a slot and starts its
 first step), a continuation (a step ends, the next starts) and the last (the last step
 ends, the instance completes and gives its slot back). The general turn spends six to eight
-round trips on each (``BEGIN``, the lock, the attempt log, the instance row, the step
-upsert, the attempt inserts, the slot count, ``COMMIT``). When the worker can decide the
+round trips on each (``BEGIN``, the lock, the step results, the instance row, the step
+upsert, the slot count, ``COMMIT``). When the worker can decide the
 turn without reading the store (the run is kept in memory, see ``engine._resume_cache``, or
 the create message says what the client stored, see ``engine._announced``) it decides
 first and then writes with one statement in autocommit, which is atomic on its own:
@@ -13,8 +13,8 @@ first and then writes with one statement in autocommit, which is atomic on its o
   fence, the status and slot, no command, not paused, no lease, not in the admission queue,
   no event waiting; for a first turn also the row the client stored), increments their
   fence and writes their instance columns;
-- every other part writes only for the instances the first part took (step upsert,
-  attempt log);
+- the step upsert writes only for the instances the first part took (a turn that applies
+  a failed attempt, which the attempt log keeps, takes the general turn);
 - the slots taken or given back are counted on the gate rows as
   :func:`engine._store._gates.count_slots_txn` does, and if that count finds contention
   the statement aborts itself (``warren_abort``): nothing of it is written, and the caller
@@ -23,7 +23,7 @@ first and then writes with one statement in autocommit, which is atomic on its o
 An instance the first part does not take is left as it was, for the general turn. The
 conditions are those under which the general turn would decide the same outcome from the
 same inputs; the writes are those it would make. Rows are locked in the order every
-transaction locks them: instance rows (in key order), step rows, the attempt log, gates.
+transaction locks them: instance rows (in key order), step rows, gates.
 """
 
 from __future__ import annotations
@@ -40,8 +40,8 @@ from engine import _history as h
 from engine._replay import TurnOutcome
 from engine._store._driver import DriverStatement, StatementAborted
 from engine._store._gates import ALL, OPEN_MARGIN, SlotsContended, wants_slot
-from engine._store._schema import events, gates, instances, step_attempts, steps
-from engine._store._turns import attempt_rows, instance_values, step_rows, unchanged
+from engine._store._schema import events, gates, instances, steps
+from engine._store._turns import instance_values, step_rows, unchanged
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,13 +57,11 @@ class DecidedTurn:
     """A turn decided ahead of its lock, to write.
 
     ``snapshot`` is the instance as the decision assumed it, at the fence the row must
-    reach (its fence now, plus one); ``results`` are the ended attempts the turn applied;
-    ``stored`` is set for a first turn.
+    reach (its fence now, plus one) and ``stored`` is set for a first turn.
     """
 
     snapshot: h.InstanceSnapshot
     outcome: TurnOutcome
-    results: Sequence[h.AttemptResult] = ()
     stored: StoredRow | None = None
 
 
@@ -72,8 +70,8 @@ def writable_alone(outcome: TurnOutcome) -> bool:
     continuing steps) or it ended cleanly; no timer, event, rollback or step left behind."""
     if outcome.rollback is not None or outcome.timers_set or outcome.timers_cleared:
         return False
-    if outcome.events_consumed:
-        return False
+    if outcome.events_consumed or outcome.failed_attempts:
+        return False  # (an attempt that failed is written to the attempt log)
     if outcome.finished:
         return outcome.status in (h.COMPLETE, h.ERRORED) and not outcome.loose_ends
     return outcome.status == h.STATUS_RUNNING
@@ -95,9 +93,8 @@ def _w(field: str) -> str:
 
 
 def _statement() -> str:
-    i, s, a, e, g = instances.name, steps.name, step_attempts.name, events.name, gates.name
+    i, s, e, g = instances.name, steps.name, events.name, gates.name
     step_cols = [c.name for c in steps.c]
-    attempt_cols = [c.name for c in step_attempts.c]
     kept_cols = [c.name for c in steps.c if not c.primary_key and c.name != "attempt_token"]
     upsert_set = ", ".join(f"{c} = EXCLUDED.{c}" for c in kept_cols)
     written_cols = ["status", "output", "error", "rollback", "ended_at_ms", "slot"]
@@ -135,19 +132,6 @@ WITH turns AS MATERIALIZED (
     ORDER BY r.instance_pk, r.step_key
     ON CONFLICT (instance_pk, step_key) DO UPDATE SET {upsert_set},
         attempt_token = COALESCE(EXCLUDED.attempt_token, {s}.attempt_token)
-    RETURNING 1
-), ended AS (
-    UPDATE {a} SET ended_at_ms = r.ended_at_ms, success = r.success, error = r.error
-    FROM json_populate_recordset(NULL::{a}, CAST(:ended AS json)) AS r
-    WHERE {a}.instance_pk = r.instance_pk AND {a}.step_key = r.step_key
-      AND {a}.attempt = r.attempt AND {a}.token = r.token AND {a}.ended_at_ms IS NULL
-      AND r.instance_pk IN (SELECT pk FROM taken)
-    RETURNING 1
-), started AS (
-    INSERT INTO {a} ({_columns(attempt_cols)})
-    SELECT {_columns(attempt_cols)}
-    FROM json_populate_recordset(NULL::{a}, CAST(:started AS json)) AS r
-    WHERE r.instance_pk IN (SELECT pk FROM taken)
     RETURNING 1
 ), delta AS (
     SELECT COALESCE(SUM(moved), 0) AS n FROM taken
@@ -198,11 +182,6 @@ async def write_decided_turns(
         "pks": sorted(t.snapshot.pk for t in turns),
         "turns": _json({str(t.snapshot.pk): _instance_row(t, now_ms) for t in turns}),
         "steps": _json(step_rows(decided, worker, now_ms)),
-        "ended": _json([{"instance_pk": r.instance_pk, "step_key": r.key,
-                         "attempt": r.attempt, "token": r.token, "ended_at_ms": r.ended_at_ms,
-                         "success": r.ok, "error": r.error}
-                        for t in turns for r in t.results]),
-        "started": _json(attempt_rows(decided, now_ms)),
     }
     try:
         rows = await _WRITE.fetch(conn, params)

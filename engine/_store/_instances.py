@@ -184,20 +184,35 @@ async def instance_status(
         select(step_attempts).where(step_attempts.c.instance_pk == row.pk)
         .order_by(step_attempts.c.step_key, step_attempts.c.attempt)
     )).all()
-    attempts: dict[str, list[dict[str, Any]]] = {}
+    failed: dict[str, list[Any]] = {}
     for a in attempt_rows:
-        attempts.setdefault(a.step_key, []).append({
-            "start": iso(a.started_at_ms), "end": iso(a.ended_at_ms),
-            "success": a.success, "error": decode_json(a.error),
-        })
+        failed.setdefault(a.step_key, []).append(a)
     return {
         "id": row.instance_id, "workflow": row.workflow, "status": row.status,
         "params": decode_json(row.params), "output": decode_json(row.output),
         "error": decode_json(row.error), "rollback": decode_json(row.rollback),
         "created": iso(row.created_at_ms), "started": iso(row.started_at_ms),
         "ended": iso(row.ended_at_ms),
-        "steps": [_step_json(s, attempts.get(s.step_key, [])) for s in step_rows],
+        "steps": [_step_json(s, _attempts_json(s, failed.get(s.step_key, [])))
+                  for s in step_rows],
     }
+
+
+def _attempts_json(step: Any, failed: list[Any]) -> list[dict[str, Any]]:
+    """A step's attempts: those that failed, from the attempt log, then its latest, from the
+    step row, unless that one failed too."""
+    attempts = [{"start": iso(a.started_at_ms), "end": iso(a.ended_at_ms),
+                 "success": a.success, "error": decode_json(a.error)} for a in failed]
+    if step.attempt < 1 or step.attempt in {a.attempt for a in failed}:
+        return attempts
+    ended = step.attempt_outcome is not None or step.state == h.SUCCEEDED
+    success = step.attempt_outcome == "ok" or step.state == h.SUCCEEDED
+    attempts.append({
+        "start": iso(step.attempt_started_at_ms), "end": iso(step.ended_at_ms) if ended else None,
+        "success": success if ended else None,
+        "error": decode_json(step.error) if ended and not success else None,
+    })
+    return attempts
 
 
 def _step_json(s: Any, attempts: list[dict[str, Any]]) -> dict[str, Any]:

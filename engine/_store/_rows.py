@@ -13,7 +13,7 @@ from engine._codec import decode_json
 STEP_RECORD_COLUMNS = (
     "step_key", "name", "count", "kind", "start_seq", "state", "config", "started_at_ms",
     "completed_seq", "attempt", "attempt_outcome", "output", "error", "wake_at_ms",
-    "ended_at_ms", "attempt_token",
+    "ended_at_ms", "attempt_started_at_ms", "attempt_token",
 )
 """The ``warren_steps`` columns :func:`step_record` reads, in the order it reads them."""
 
@@ -26,13 +26,14 @@ def step_record(row: Sequence[Any]) -> h.StepRecord:
     was a third of a worker's time at 1,000 steps of history.
     """
     (key, name, count, kind, start_seq, state, config, started_at_ms, completed_seq, attempt,
-     attempt_outcome, output, error, wake_at_ms, ended_at_ms, token) = row
+     attempt_outcome, output, error, wake_at_ms, ended_at_ms, attempt_started_at_ms,
+     token) = row
     return h.StepRecord(
         key=key, name=name, count=count, kind=kind, start_seq=start_seq, state=state,
         config=orjson.loads(config), started_at_ms=started_at_ms, completed_seq=completed_seq,
         attempt=attempt, attempt_outcome=attempt_outcome, output=decode_json(output),
         error=decode_json(error), wake_at_ms=wake_at_ms, ended_at_ms=ended_at_ms,
-        token=token,
+        attempt_started_at_ms=attempt_started_at_ms, token=token,
     )
 
 
@@ -48,4 +49,5 @@ def step_values(record: h.StepRecord) -> dict[str, Any]:
         "config": orjson.dumps(record.config).decode(),
         "wake_at_ms": record.wake_at_ms, "started_at_ms": record.started_at_ms,
         "ended_at_ms": record.ended_at_ms,
+        "attempt_started_at_ms": record.attempt_started_at_ms,
     }

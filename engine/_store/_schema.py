@@ -10,19 +10,20 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Column, Index, Integer, String, Text, text
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def _room_for_updates() -> dict[str, dict[str, int]]:
     """Table options that leave 30 % of each page free on PostgreSQL.
 
-    Turns rewrite instance and attempt rows several times each. With room left on the page,
+    Turns rewrite instance rows several times each. With room left on the page,
     PostgreSQL writes the new version beside the old one and skips every index when no
     indexed column changed (a HOT update); on a full page each rewrite is an insert into
     each of the table's indexes. 30 % free made 45 % of the instance updates and 55 % of
     the attempt updates HOT in ``throughput`` (from 15 % and 8 %) and took 10 % off
     PostgreSQL's CPU per step. Step rows are left full: ending a step changes ``state``,
-    which the running-step index names, so their updates cannot be HOT.
+    which the running-step index names, so their updates cannot be HOT. Attempt rows,
+    since schema 5, are written once (only failed attempts, when their failure is applied).
     """
     return {"postgresql_with": {"fillfactor": 70}}
 
@@ -169,6 +170,7 @@ class StepRow(SQLModel, table=True):
     attempt_token: str | None = Field(default=None, max_length=32)
     started_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     ended_at_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
+    attempt_started_at_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
 
 
 class EventRow(SQLModel, table=True):
@@ -192,10 +194,16 @@ class EventRow(SQLModel, table=True):
 
 
 class StepAttemptRow(SQLModel, table=True):
-    """One attempt of a ``do`` step (the status JSON lists them)."""
+    """An attempt of a ``do`` or rollback step that failed (the status JSON lists them).
+
+    A step's latest attempt is described by its own row (``attempt``,
+    ``attempt_started_at_ms``, ``attempt_outcome``, ``ended_at_ms``): an attempt that
+    succeeds at once writes nothing here, which spared PostgreSQL an insert and an update
+    per step (``benchmarks/README.md``, change 34). The turn that applies a failure writes
+    its row.
+    """
 
     __tablename__ = "warren_step_attempts"
-    __table_args__ = (_room_for_updates(),)
     instance_pk: int = Field(sa_column=Column(BigInteger, primary_key=True))
     step_key: str = Field(sa_column=Column(String(400), primary_key=True))
     attempt: int = Field(primary_key=True)

@@ -122,14 +122,7 @@ async def stale_steps_txn(
         await conn.execute(
             update(steps).where(joined(steps, doomed))
             .values(attempt_outcome="error", error=_LOST, ended_at_ms=now_ms)
-        )
-        a = step_attempts.c
-        await conn.execute(
-            update(step_attempts)
-            .where(tuple_(a.instance_pk, a.step_key, a.attempt).in_(lost),
-                   a.ended_at_ms.is_(None))
-            .values(ended_at_ms=now_ms, success=False, error=_LOST)
-        )
+        )  # the turn that applies it writes it to the attempt log, as any failure
     if rows:
         seen = locked(steps, tuple_(s.instance_pk, s.step_key).in_(
             [(r.instance_pk, r.step_key) for r in rows]))

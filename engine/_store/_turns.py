@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     Table,
     bindparam,
@@ -120,13 +121,6 @@ def _upsert_steps(insert_: Callable[[Table], Any]) -> Executable:
 _UPSERT_STEPS = {name: _upsert_steps(insert_) for name, insert_ in CONFLICT_INSERTS.items()}
 _INSERT_ATTEMPTS = insert(step_attempts)
 _UPDATE_INSTANCE = update(instances).where(_i.pk == bindparam("b_pk"))
-_a = step_attempts.c
-_RECORD_ATTEMPT = update(step_attempts).where(
-    _a.instance_pk == bindparam("b_pk"), _a.step_key == bindparam("b_key"),
-    _a.attempt == bindparam("b_attempt"), _a.token == bindparam("b_token"),
-    _a.ended_at_ms.is_(None),
-).values(ended_at_ms=bindparam("b_ended"), success=bindparam("b_ok"),
-         error=bindparam("b_error"))
 
 
 @dataclass(slots=True)
@@ -354,9 +348,9 @@ async def commit_txn(
     written = step_rows(kept, worker, now_ms)
     if written:
         await conn.execute(_UPSERT_STEPS[conn.dialect.name], written)
-    attempts = attempt_rows(kept, now_ms)
-    if attempts:
-        await conn.execute(_INSERT_ATTEMPTS, attempts)
+    failed = failed_attempt_rows(kept)
+    if failed:
+        await conn.execute(_INSERT_ATTEMPTS, failed)
     cleared = [(snap.pk, key) for snap, out in kept
                for key in [*out.timers_cleared, *out.timers_set]]
     if cleared:
@@ -406,13 +400,14 @@ def step_rows(
     ], "instance_pk", "step_key")
 
 
-def attempt_rows(
-    kept: Sequence[tuple[h.InstanceSnapshot, TurnOutcome]], now_ms: int
+def failed_attempt_rows(
+    kept: Sequence[tuple[h.InstanceSnapshot, TurnOutcome]],
 ) -> list[dict[str, Any]]:
-    """The attempt log rows of the attempts a turn starts."""
-    return [{"instance_pk": snap.pk, "step_key": a.key, "attempt": a.attempt, "token": a.token,
-             "started_at_ms": now_ms, "ended_at_ms": None, "success": None, "error": None}
-            for snap, out in kept for a in out.attempts]
+    """The attempt log rows of the failures a turn applies."""
+    return [{"instance_pk": snap.pk, "step_key": f.key, "attempt": f.attempt, "token": None,
+             "started_at_ms": f.started_at_ms, "ended_at_ms": f.ended_at_ms, "success": False,
+             "error": None if f.error is None else orjson.dumps(f.error).decode()}
+            for snap, out in kept for f in out.failed_attempts]
 
 
 def _runner(record: h.StepRecord, worker: str, now_ms: int) -> dict[str, Any]:
@@ -473,26 +468,25 @@ async def record_attempts_txn(
     conn: AsyncConnection, results: Sequence[h.AttemptResult],
     applied_in_memory: Set[int] = frozenset(),
 ) -> None:
-    """Store ended attempts. An attempt no longer current (superseded, or the instance was
-    reset) matches no row and its result is dropped: the turn already moved on.
+    """Store ended attempts in their step rows. An attempt no longer current (superseded,
+    or the instance was reset) matches no row and its result is dropped: the turn already
+    moved on.
 
-    Results of the instances in ``applied_in_memory`` are left out of their step rows: the
-    turn resuming them applies each result in memory exactly as this update would and then
-    rewrites the whole step row (an applied result always completes or reschedules its
-    step), so writing it here too would update the same row twice. The attempt log gets
-    every result.
+    Results of the instances in ``applied_in_memory`` are left out: the turn resuming them
+    applies each result in memory exactly as this update would and then rewrites the whole
+    step row (an applied result always completes or reschedules its step), so writing it
+    here too would update the same row twice.
     """
-    params = sorted_params([_attempt_params(r) for r in results], "b_pk", "b_key")
-    to_steps = [p for p in params if p["b_pk"] not in applied_in_memory]
-    if to_steps:
-        await conn.execute(_RECORD_STEP, to_steps)
-    await conn.execute(_RECORD_ATTEMPT, params)
+    params = sorted_params([_attempt_params(r) for r in results
+                            if r.instance_pk not in applied_in_memory], "b_pk", "b_key")
+    if params:
+        await conn.execute(_RECORD_STEP, params)
 
 
 def _attempt_params(r: h.AttemptResult) -> dict[str, Any]:
-    return {"b_pk": r.instance_pk, "b_key": r.key, "b_attempt": r.attempt, "b_token": r.token,
+    return {"b_pk": r.instance_pk, "b_key": r.key, "b_token": r.token,
             "b_outcome": "ok" if r.ok else "error", "b_output": r.output, "b_error": r.error,
-            "b_ended": r.ended_at_ms, "b_ok": r.ok}
+            "b_ended": r.ended_at_ms}
 
 
 async def heartbeat_txn(

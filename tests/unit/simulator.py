@@ -136,5 +136,5 @@ def _decisions(outcome: TurnOutcome) -> dict[str, Any]:
         "attempts": [(a.key, a.attempt, a.config) for a in outcome.attempts],
         **{name: getattr(outcome, name) for name in (
             "timers_set", "timers_cleared", "status", "output", "error", "progress",
-            "events_consumed", "step_events", "rollback")},
+            "events_consumed", "step_events", "failed_attempts", "rollback")},
     }
