@@ -132,8 +132,9 @@ def test_throughput_smoke_counts_its_sql_writes(outcomes: dict[str, Outcome]) ->
     # connection's commits about once a second, so a tiny run can net out at 0.
     assert sql["commits_per_step"] < 1, sql
     # Each instance writes its row and 3 step rows (an attempt that succeeds at once writes
-    # no attempt row): 4/3 per step, plus the workers' few start-up rows. Fewer: the client's creates were not counted; far more:
-    # the creation phase's 350 creates were (PostgreSQL publishes a connection's counters
-    # when it closes, so both depend on closing the client's connections at the right time).
+    # no attempt row): 4/3 per step, plus the workers' few start-up rows. Fewer: the
+    # client's creates were not counted; far more: the creation phase's 350 creates were
+    # (PostgreSQL publishes a connection's counters when it closes, so both depend on
+    # closing the client's connections at the right time).
     assert round(4 / 3, 3) <= sql["inserted_per_step"] < 4 / 3 + 1, sql  # rounded as reported
     assert 0 < sql["hot_updated_per_step"] <= sql["updated_per_step"], sql
