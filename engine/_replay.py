@@ -323,11 +323,9 @@ class InstanceRun(SagaMixin):
             elif r.kind in _ATTEMPTED and r.state == h.RUNNING and r.attempt_outcome == "ok":
                 done.append((r.ended_at_ms or 0, r.start_seq, r, h.SUCCEEDED))
             elif r.kind in _ATTEMPTED and r.state == h.RUNNING and r.attempt_outcome == "error":
-                ended = r.ended_at_ms or self.now_ms
-                self.outcome.failed_attempts.append(h.FailedAttempt(
-                    r.key, r.attempt, r.attempt_started_at_ms or ended, ended, r.error))
                 error = r.error or {}
                 if error.get("non_retryable") or r.attempt > r.config["retries"]["limit"]:
+                    self._log_failure(r)
                     done.append((r.ended_at_ms or 0, r.start_seq, r, h.FAILED))
                 else:
                     retry.append(r)
@@ -409,12 +407,20 @@ class InstanceRun(SagaMixin):
                 "changed incompatibly while this instance was in flight"
             )
 
+    def _log_failure(self, record: h.StepRecord) -> None:
+        """Log the failed attempt of a step this turn moves on (completes or retries)."""
+        ended = record.ended_at_ms or self.now_ms
+        self.outcome.failed_attempts.append(h.FailedAttempt(
+            record.key, record.attempt, record.attempt_started_at_ms or ended, ended,
+            record.error))
+
     def _schedule_retries(self, records: list[h.StepRecord]) -> None:
         for record in records:
             config = self._attempt_config(record)
             if config is None:
-                self._diverge(record)
+                self._diverge(record)  # the step stays as stored: nothing is logged
                 continue
+            self._log_failure(record)
             error = record.error or {}
             ctx = StepContext(StepInfo(record.name, record.count), record.attempt, config)
             try:

@@ -119,7 +119,10 @@ def _upsert_steps(insert_: Callable[[Table], Any]) -> Executable:
 
 
 _UPSERT_STEPS = {name: _upsert_steps(insert_) for name, insert_ in CONFLICT_INSERTS.items()}
-_INSERT_ATTEMPTS = insert(step_attempts)
+# A failure is logged once, by the turn that moves its step on; should a replay apply the
+# same stored failure again, the row it logged stands.
+_LOG_FAILED_ATTEMPTS = {name: insert_(step_attempts).on_conflict_do_nothing()
+                        for name, insert_ in CONFLICT_INSERTS.items()}
 _UPDATE_INSTANCE = update(instances).where(_i.pk == bindparam("b_pk"))
 
 
@@ -350,7 +353,7 @@ async def commit_txn(
         await conn.execute(_UPSERT_STEPS[conn.dialect.name], written)
     failed = failed_attempt_rows(kept)
     if failed:
-        await conn.execute(_INSERT_ATTEMPTS, failed)
+        await conn.execute(_LOG_FAILED_ATTEMPTS[conn.dialect.name], failed)
     cleared = [(snap.pk, key) for snap, out in kept
                for key in [*out.timers_cleared, *out.timers_set]]
     if cleared:

@@ -34,6 +34,7 @@ class Simulation:
     steps: dict[str, h.StepRecord] = field(default_factory=dict)
     turns: list[TurnOutcome] = field(default_factory=list)
     attempt_log: list[tuple[str, int, int]] = field(default_factory=list)  # key, attempt, at
+    failure_log: list[h.FailedAttempt] = field(default_factory=list)  # as the store logs them
     control: dict[str, Any] | None = None
     consumed: set[int] = field(default_factory=set)
     events: list[h.PendingEvent] = field(default_factory=list)
@@ -65,6 +66,10 @@ class Simulation:
             outcome = run.run()
             self._run = run if self.resume_in_memory else None
         self._ended = []
+        for failed in outcome.failed_attempts:  # the store's key: each is logged once
+            assert all((f.key, f.attempt) != (failed.key, failed.attempt)
+                       for f in self.failure_log), f"{failed} logged twice"
+            self.failure_log.append(failed)
         self.consumed.update(pk for pk, _ in outcome.events_consumed)
         for r in [*outcome.inserted, *outcome.updated]:
             # The store keeps its own copy, and round-trips outputs through JSON.

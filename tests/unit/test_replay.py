@@ -54,6 +54,27 @@ async def test_retries_follow_exponential_backoff() -> None:
     times = [at - start for key, _, at in sim.attempt_log]
     assert times == [0, 1000, 3000]  # waits of 1 s then 2 s
     assert sim.steps["flaky#1"].attempt == 3
+    # The attempt log keeps the two failures; the step's row describes the third.
+    assert [(f.attempt, f.started_at_ms - start, f.error and f.error["message"])
+            for f in sim.failure_log] == [(1, 0, "boom 1"), (2, 1000, "boom 2")]
+    assert sim.steps["flaky#1"].attempt_started_at_ms == start + 3000
+
+
+class Changed(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        return await step.do("other", lambda: 1)
+
+
+async def test_a_failure_is_not_logged_while_the_code_no_longer_calls_its_step() -> None:
+    Flaky.failures = 1
+    sim = Simulation(Flaky, resume_in_memory=False)  # new code: a new process replays
+    await sim.run_attempts(sim.turn())  # attempt 1 fails; its result is stored
+    sim.workflow = Changed  # the code changed: no call of "flaky" any more
+    for _ in range(2):  # each replay finds the same stored failure
+        outcome = sim.turn()
+        assert outcome.status == "errored" and outcome.failed_attempts == []
+    assert sim.failure_log == [] and sim.steps["flaky#1"].attempt_outcome == "error"
+    Flaky.failures = 2
 
 
 class Linear(WorkflowEntrypoint):
