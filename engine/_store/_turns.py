@@ -50,6 +50,10 @@ from engine._store._rows import STEP_RECORD_COLUMNS, step_record, step_values
 from engine._store._schema import events, instances, step_attempts, steps, timers
 
 RUNNABLE = (h.QUEUED, h.STATUS_RUNNING, h.STATUS_WAITING, h.PAUSED, h.WAITING_FOR_PAUSE)
+_ABANDONED = orjson.dumps({
+    "name": "AttemptAbandonedError",
+    "message": "the instance finished while this attempt ran; restarted, the step is retried",
+}).decode()
 
 # The statements of every turn, built once: SQLAlchemy then reuses their cache keys instead
 # of rebuilding and hashing the expression trees at every execution.
@@ -193,7 +197,7 @@ async def acquire_txn(
                     resumable=resumable)
     for snap in snapshots:
         if (snap.control or {}).get("op") == "restart":
-            await reset_history_txn(conn, snap, (snap.control or {}).get("from_step"))
+            await reset_history_txn(conn, snap, (snap.control or {}).get("from_step"), now_ms)
             leased.restarted.append(snap)
         leased.snapshots.append(snap)
     if leased.snapshots:
@@ -218,21 +222,28 @@ def _as_decided(row: Any) -> bool:
 
 
 async def reset_history_txn(
-    conn: AsyncConnection, snap: h.InstanceSnapshot, from_step: list[Any] | None
+    conn: AsyncConnection, snap: h.InstanceSnapshot, from_step: list[Any] | None, now_ms: int
 ) -> None:
     """Discard history for a restart: all of it, or the given step and every step started
-    after it. Events consumed by discarded steps are discarded with them."""
+    after it. Events consumed by discarded steps are discarded with them.
+
+    A kept step whose attempt was still running when the instance finished had its token
+    cleared then (``_finish_txn``): its result can never land, so the attempt is failed
+    here, as the sweeper fails a lost one, and the restarted run retries the step instead
+    of waiting for it forever.
+    """
     s = steps.c
     doomed = select(s.step_key).where(s.instance_pk == snap.pk)
+    start: int | None = 0
     if from_step is not None:
         name, count = from_step
         start = (await conn.execute(
             select(s.start_seq).where(s.instance_pk == snap.pk,
                                       s.step_key == f"{name}#{count}"))).scalar()
-        if start is None:
-            start = 1 << 62  # the step never ran: nothing to discard
-        doomed = doomed.where(s.start_seq >= start)
-    keys = list((await conn.execute(doomed)).scalars())
+        if start is not None:
+            doomed = doomed.where(s.start_seq >= start)
+    # A step that never ran: nothing to discard (no sentinel: start_seq is an int4 column).
+    keys = [] if start is None else list((await conn.execute(doomed)).scalars())
     if keys:
         # Same table order as the runner's result writes (steps, then attempts).
         await conn.execute(delete(steps).where(s.instance_pk == snap.pk, s.step_key.in_(keys)))
@@ -242,6 +253,10 @@ async def reset_history_txn(
             timers.c.instance_pk == snap.pk, timers.c.step_key.in_(keys)))
         await conn.execute(delete(events).where(
             events.c.instance_pk == snap.pk, events.c.consumed_by.in_(keys)))
+    abandoned = locked(steps, s.instance_pk == snap.pk, s.state == h.RUNNING, s.attempt >= 1,
+                       s.attempt_token.is_(None), s.attempt_outcome.is_(None))
+    await conn.execute(update(steps).where(joined(steps, abandoned)).values(
+        attempt_outcome="error", error=_ABANDONED, ended_at_ms=now_ms))
     await conn.execute(update(instances).where(instances.c.pk == snap.pk).values(
         control=None, status=h.STATUS_RUNNING, output=None, error=None, ended_at_ms=None,
         rollback=None, paused=False))

@@ -260,6 +260,22 @@ async def test_pause_resume_terminate_restart(stack: Stack) -> None:
                          timeout=5)
 
 
+async def test_restart_retries_a_step_its_instance_abandoned_mid_attempt(stack: Stack) -> None:
+    RUNS.clear()
+    async with stack.running([Steps]) as client:
+        inst = await client.workflow("steps").create(params={"hold": 1.0})
+        await eventually(lambda: RUNS["s1"] == 1, timeout=10)
+        await inst.terminate()  # s1's attempt is abandoned: its result can never land
+        await inst.wait_for_status("terminated", timeout=10)
+        # s3 never ran, so the restart keeps all history, s1's abandoned attempt included.
+        await inst.restart(from_step="s3")
+        st = await inst.wait_for_status("complete", timeout=20)
+    assert st.output == ["s1", "s2", "s3"] and RUNS["s1"] == 2
+    attempts = st.steps[0]["attempts"]
+    assert [a["success"] for a in attempts] == [False, True]
+    assert attempts[0]["error"]["name"] == "AttemptAbandonedError"
+
+
 async def test_subscriber_sees_step_and_instance_events_in_order(stack: Stack) -> None:
     async with stack.running([Steps]) as client, _lifecycle(client, "steps") as seen:
         inst = await client.workflow("steps").create(params={})
