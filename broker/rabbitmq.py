@@ -394,7 +394,6 @@ class RabbitSubscription(Subscription):
                 self._broker.log.debug("subscription channel already closed", error=repr(exc))
 
 
-
 class RabbitBroker(Broker):
     """:class:`Broker` on RabbitMQ (3.8+; no plugins needed).
 

@@ -207,7 +207,6 @@ class StepAttemptRow(SQLModel, table=True):
     instance_pk: int = Field(sa_column=Column(BigInteger, primary_key=True))
     step_key: str = Field(sa_column=Column(String(400), primary_key=True))
     attempt: int = Field(primary_key=True)
-    token: str | None = Field(default=None, max_length=32)
     started_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     ended_at_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
     success: bool | None = None

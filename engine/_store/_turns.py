@@ -234,16 +234,17 @@ async def reset_history_txn(
     """
     s = steps.c
     doomed = select(s.step_key).where(s.instance_pk == snap.pk)
-    start: int | None = 0
-    if from_step is not None:
+    keys: list[str] = []
+    if from_step is None:
+        keys = list((await conn.execute(doomed)).scalars())
+    else:
         name, count = from_step
         start = (await conn.execute(
             select(s.start_seq).where(s.instance_pk == snap.pk,
                                       s.step_key == f"{name}#{count}"))).scalar()
-        if start is not None:
+        if start is not None:  # else the step never ran: nothing to discard
             doomed = doomed.where(s.start_seq >= start)
-    # A step that never ran: nothing to discard (no sentinel: start_seq is an int4 column).
-    keys = [] if start is None else list((await conn.execute(doomed)).scalars())
+            keys = list((await conn.execute(doomed)).scalars())
     if keys:
         # Same table order as the runner's result writes (steps, then attempts).
         await conn.execute(delete(steps).where(s.instance_pk == snap.pk, s.step_key.in_(keys)))
@@ -422,7 +423,7 @@ def failed_attempt_rows(
     kept: Sequence[tuple[h.InstanceSnapshot, TurnOutcome]],
 ) -> list[dict[str, Any]]:
     """The attempt log rows of the failures a turn applies."""
-    return [{"instance_pk": snap.pk, "step_key": f.key, "attempt": f.attempt, "token": None,
+    return [{"instance_pk": snap.pk, "step_key": f.key, "attempt": f.attempt,
              "started_at_ms": f.started_at_ms, "ended_at_ms": f.ended_at_ms, "success": False,
              "error": None if f.error is None else orjson.dumps(f.error).decode()}
             for snap, out in kept for f in out.failed_attempts]
