@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 import orjson
 
 from broker import OutgoingMessage
 from engine._clock import now_ms
+from engine._settings import check_lifecycle_level
 from engine._store._instances import iso
-from sdk.errors import ValidationError
-
-LIFECYCLE_LEVELS: Final = ("all", "instance", "none")
 
 
 def _message(
@@ -55,16 +53,3 @@ class LifecycleEvents:
             return []
         return [_message(workflow, instance_id, kind, details)
                 for kind, details in events if self.wants(kind)]
-
-
-def check_lifecycle_level(level: str) -> str:
-    """``level`` if it is one of :data:`LIFECYCLE_LEVELS`.
-
-    Raises:
-        ValidationError: It is not.
-    """
-    if level not in LIFECYCLE_LEVELS:
-        raise ValidationError(
-            f"lifecycle events (WARREN_LIFECYCLE_EVENTS) must be one of "
-            f"{', '.join(LIFECYCLE_LEVELS)}; got {level!r}")
-    return level

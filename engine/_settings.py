@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, Final
 
-from engine._lifecycle import check_lifecycle_level
 from sdk.errors import ValidationError
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///warren.db"
+# Checked here, not in engine._lifecycle, so reading settings loads no database stack.
+LIFECYCLE_LEVELS: Final = ("all", "instance", "none")
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,3 +119,16 @@ def _parse_limits(text: str) -> dict[str, int]:
             raise ValidationError(
                 f"WARREN_WORKFLOW_MAX_CONCURRENCY: expected name=number, got {part!r}") from None
     return limits
+
+
+def check_lifecycle_level(level: str) -> str:
+    """``level`` if it is one of :data:`LIFECYCLE_LEVELS`.
+
+    Raises:
+        ValidationError: It is not.
+    """
+    if level not in LIFECYCLE_LEVELS:
+        raise ValidationError(
+            f"lifecycle events (WARREN_LIFECYCLE_EVENTS) must be one of "
+            f"{', '.join(LIFECYCLE_LEVELS)}; got {level!r}")
+    return level

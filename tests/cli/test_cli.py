@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -290,3 +291,14 @@ def test_api_and_worker_processes_share_rabbitmq_and_postgres(
         assert api.stop() == 0
         worker.terminate()
         assert worker.wait(timeout=20) == 0
+
+
+def test_the_cli_starts_without_the_database_and_broker_stacks() -> None:
+    """HTTP-only commands (`warren instances list`, ...) must not pay for SQLAlchemy or
+    aio-pika at start-up: the CLI module and the settings it reads import neither."""
+    heavy = ("sqlalchemy", "sqlmodel", "asyncpg", "aiosqlite", "aio_pika", "aiormq")
+    probe = ("import sys, engine._cli, engine._settings; "
+             f"print(','.join(m for m in {heavy!r} if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=60, check=True, env=clean_env())
+    assert result.stdout.strip() == ""
