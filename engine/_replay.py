@@ -324,7 +324,8 @@ class InstanceRun(SagaMixin):
                 done.append((r.ended_at_ms or 0, r.start_seq, r, h.SUCCEEDED))
             elif r.kind in _ATTEMPTED and r.state == h.RUNNING and r.attempt_outcome == "error":
                 error = r.error or {}
-                if error.get("non_retryable") or r.attempt > r.config["retries"]["limit"]:
+                if error.get("name") != h.ATTEMPT_ABANDONED and (
+                        error.get("non_retryable") or r.attempt > r.config["retries"]["limit"]):
                     self._log_failure(r)
                     done.append((r.ended_at_ms or 0, r.start_seq, r, h.FAILED))
                 else:
@@ -424,10 +425,10 @@ class InstanceRun(SagaMixin):
             error = record.error or {}
             ctx = StepContext(StepInfo(record.name, record.count), record.attempt, config)
             try:
-                wait = config.retries.wait_after(
-                    record.attempt, ctx,
-                    RecordedError(str(error.get("name")), str(error.get("message"))),
-                )
+                wait = timedelta(0) if error.get("name") == h.ATTEMPT_ABANDONED else (
+                    config.retries.wait_after(
+                        record.attempt, ctx,
+                        RecordedError(str(error.get("name")), str(error.get("message")))))
             except Exception as exc:  # a failing delay function fails the step (API.md §1)
                 record.error = {**error_dict(exc), "non_retryable": True}
                 self._complete(record, h.FAILED, ended_at_ms=self.now_ms)

@@ -51,7 +51,7 @@ from engine._store._schema import events, instances, step_attempts, steps, timer
 
 RUNNABLE = (h.QUEUED, h.STATUS_RUNNING, h.STATUS_WAITING, h.PAUSED, h.WAITING_FOR_PAUSE)
 _ABANDONED = orjson.dumps({
-    "name": "AttemptAbandonedError",
+    "name": h.ATTEMPT_ABANDONED,
     "message": "the instance finished while this attempt ran; restarted, the step is retried",
 }).decode()
 
@@ -246,7 +246,7 @@ async def reset_history_txn(
             doomed = doomed.where(s.start_seq >= start)
             keys = list((await conn.execute(doomed)).scalars())
     if keys:
-        # Same table order as the runner's result writes (steps, then attempts).
+        # Same table order as commit_txn's writes (steps, then the attempt log).
         await conn.execute(delete(steps).where(s.instance_pk == snap.pk, s.step_key.in_(keys)))
         await conn.execute(delete(step_attempts).where(
             step_attempts.c.instance_pk == snap.pk, step_attempts.c.step_key.in_(keys)))
@@ -424,7 +424,7 @@ def failed_attempt_rows(
 ) -> list[dict[str, Any]]:
     """The attempt log rows of the failures a turn applies."""
     return [{"instance_pk": snap.pk, "step_key": f.key, "attempt": f.attempt,
-             "started_at_ms": f.started_at_ms, "ended_at_ms": f.ended_at_ms, "success": False,
+             "started_at_ms": f.started_at_ms, "ended_at_ms": f.ended_at_ms,
              "error": None if f.error is None else orjson.dumps(f.error).decode()}
             for snap, out in kept for f in out.failed_attempts]
 

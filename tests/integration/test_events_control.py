@@ -194,9 +194,10 @@ class Steps(WorkflowEntrypoint):
                 await asyncio.sleep(hold)
             return name
 
+        retries = {"limit": event.payload["limit"]} if "limit" in event.payload else None
         out = []
         for name in ("s1", "s2", "s3"):
-            out.append(await step.do(name, lambda name=name: body(name)))
+            out.append(await step.do(name, lambda name=name: body(name), retries=retries))
         return out
 
 
@@ -263,7 +264,8 @@ async def test_pause_resume_terminate_restart(stack: Stack) -> None:
 async def test_restart_retries_a_step_its_instance_abandoned_mid_attempt(stack: Stack) -> None:
     RUNS.clear()
     async with stack.running([Steps]) as client:
-        inst = await client.workflow("steps").create(params={"hold": 1.0})
+        # No retries: the abandoned attempt must not use up the step's only attempt.
+        inst = await client.workflow("steps").create(params={"hold": 1.0, "limit": 0})
         await eventually(lambda: RUNS["s1"] == 1, timeout=10)
         await inst.terminate()  # s1's attempt is abandoned: its result can never land
         await inst.wait_for_status("terminated", timeout=10)
