@@ -361,12 +361,20 @@ class RabbitSubscription(Subscription):
                 await queue.bind(self._exchange, routing_key=self._binding_key)
                 await queue.consume(self._on_message, no_ack=True)
             except BaseException:
-                await channel.close()
+                await self._close_channel(channel)
                 raise
             if self._closed:  # aclose() ran while it bound: nobody will read the queue
-                await channel.close()
+                await self._close_channel(channel)
                 return
             self._channel = channel
+
+    async def _close_channel(self, channel: AbstractChannel) -> None:
+        """Close ``channel``; one the connection already lost (the broker closing, a
+        dropped connection) needs nothing more."""
+        try:
+            await channel.close()
+        except _CHANNEL_GONE as exc:
+            self._broker.log.debug("subscription channel already closed", error=repr(exc))
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         self._messages.put_nowait(_RabbitDelivery(self._broker, message, None))
@@ -388,10 +396,7 @@ class RabbitSubscription(Subscription):
         self._messages.put_nowait(None)
         self._broker._subscriptions.discard(self)
         if self._channel is not None:
-            try:
-                await self._channel.close()
-            except _CHANNEL_GONE as exc:
-                self._broker.log.debug("subscription channel already closed", error=repr(exc))
+            await self._close_channel(self._channel)
 
 
 class RabbitBroker(Broker):

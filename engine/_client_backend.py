@@ -218,7 +218,13 @@ class _LifecycleSubscription:
                 if self._closed:  # closed while connecting: bind nothing
                     return
                 self._subscription = self._broker.subscribe("lifecycle", self._binding_key)
-            await self._subscription.start()
+            try:
+                await self._subscription.start()
+            except BaseException:
+                # Unregister it from the broker now; a later start binds a new one.
+                failed, self._subscription = self._subscription, None
+                await failed.aclose()
+                raise
 
     async def __anext__(self) -> dict[str, Any]:
         await self.start()
