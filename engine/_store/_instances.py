@@ -202,7 +202,7 @@ def _attempts_json(step: Any, failed: list[Any]) -> list[dict[str, Any]]:
     """A step's attempts: those that failed, from the attempt log, then its latest, from the
     step row, unless that one failed too."""
     attempts = [{"start": iso(a.started_at_ms), "end": iso(a.ended_at_ms),
-                 "success": a.success, "error": decode_json(a.error)} for a in failed]
+                 "success": False, "error": decode_json(a.error)} for a in failed]
     if step.attempt < 1 or step.attempt in {a.attempt for a in failed}:
         return attempts
     ended = step.attempt_outcome is not None or step.state == h.SUCCEEDED

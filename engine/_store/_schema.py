@@ -208,8 +208,7 @@ class StepAttemptRow(SQLModel, table=True):
     step_key: str = Field(sa_column=Column(String(400), primary_key=True))
     attempt: int = Field(primary_key=True)
     started_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
-    ended_at_ms: int | None = Field(default=None, sa_column=Column(BigInteger))
-    success: bool | None = None
+    ended_at_ms: int = Field(sa_column=Column(BigInteger, nullable=False))
     error: str | None = Field(default=None, sa_column=Column(Text))
 
 

@@ -19,7 +19,7 @@ def _step(**row: Any) -> Any:
 
 
 def _failed(attempt: int, start: int, end: int) -> Any:
-    return SimpleNamespace(attempt=attempt, started_at_ms=start, ended_at_ms=end, success=False,
+    return SimpleNamespace(attempt=attempt, started_at_ms=start, ended_at_ms=end,
                            error='{"name": "E", "message": "boom"}')
 
 
