@@ -23,11 +23,6 @@ PAUSED, WAITING_FOR_PAUSE = "paused", "waiting_for_pause"
 COMPLETE, ERRORED, TERMINATED = "complete", "errored", "terminated"
 FINISHED_STATUSES = frozenset({COMPLETE, ERRORED, TERMINATED})
 
-# The error of an attempt the engine cut off (its instance finished while it ran; a restart
-# fails it). The step's code did not fail, so such an attempt never fails the step: it is
-# retried at once, whatever the retry limit.
-ATTEMPT_ABANDONED = "AttemptAbandonedError"
-
 
 @dataclass(slots=True)
 class StepRecord:

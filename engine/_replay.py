@@ -324,7 +324,9 @@ class InstanceRun(SagaMixin):
                 done.append((r.ended_at_ms or 0, r.start_seq, r, h.SUCCEEDED))
             elif r.kind in _ATTEMPTED and r.state == h.RUNNING and r.attempt_outcome == "error":
                 error = r.error or {}
-                if error.get("name") != h.ATTEMPT_ABANDONED and (
+                # An attempt the engine cut off (a restart after its instance finished
+                # mid-attempt) is retried whatever the limit: the step's code did not fail.
+                if not error.get("abandoned") and (
                         error.get("non_retryable") or r.attempt > r.config["retries"]["limit"]):
                     self._log_failure(r)
                     done.append((r.ended_at_ms or 0, r.start_seq, r, h.FAILED))
@@ -425,7 +427,7 @@ class InstanceRun(SagaMixin):
             error = record.error or {}
             ctx = StepContext(StepInfo(record.name, record.count), record.attempt, config)
             try:
-                wait = timedelta(0) if error.get("name") == h.ATTEMPT_ABANDONED else (
+                wait = timedelta(0) if error.get("abandoned") else (
                     config.retries.wait_after(
                         record.attempt, ctx,
                         RecordedError(str(error.get("name")), str(error.get("message")))))

@@ -50,9 +50,12 @@ from engine._store._rows import STEP_RECORD_COLUMNS, step_record, step_values
 from engine._store._schema import events, instances, step_attempts, steps, timers
 
 RUNNABLE = (h.QUEUED, h.STATUS_RUNNING, h.STATUS_WAITING, h.PAUSED, h.WAITING_FOR_PAUSE)
+# "abandoned" marks the error as the engine's (a step's own exception may share the name):
+# such an attempt never fails its step (engine._replay).
 _ABANDONED = orjson.dumps({
-    "name": h.ATTEMPT_ABANDONED,
+    "name": "AttemptAbandonedError",
     "message": "the instance finished while this attempt ran; restarted, the step is retried",
+    "abandoned": True,
 }).decode()
 
 # The statements of every turn, built once: SQLAlchemy then reuses their cache keys instead

@@ -111,6 +111,24 @@ async def test_non_retryable_error_stops_at_one_attempt_and_errors_instance() ->
     assert len(sim.attempt_log) == 1
 
 
+class AttemptAbandonedError(Exception):
+    """A step's own exception that shares the name of the engine's cut-off attempts."""
+
+
+class SharesTheEnginesName(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        def fail() -> None:
+            raise AttemptAbandonedError("mine")
+        await step.do("once", fail, retries={"limit": 0})
+
+
+async def test_an_error_named_like_an_abandoned_attempt_still_counts_against_retries() -> None:
+    sim = Simulation(SharesTheEnginesName)
+    outcome = await sim.run(max_turns=50)
+    assert outcome.status == "errored"
+    assert len(sim.attempt_log) == 1
+
+
 class Parallel(WorkflowEntrypoint):
     async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
         results = await asyncio.gather(*(step.do(f"p{i}", lambda i=i: i * i) for i in range(10)))
