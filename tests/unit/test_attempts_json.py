@@ -58,3 +58,14 @@ def test_a_final_failure_is_listed_once() -> None:
 
 def test_steps_without_attempts_list_none() -> None:
     assert _attempts_json(_step(attempt=0, attempt_started_at_ms=None, state=h.WAITING), []) == []
+
+
+def test_attempt_errors_show_name_and_message_only() -> None:
+    """The engine's flags on a recorded error (API.md §6 shows {name, message})."""
+    flagged = ('{"name": "AttemptAbandonedError", "message": "cut off", "abandoned": true, '
+               '"non_retryable": true}')
+    logged = SimpleNamespace(attempt=1, started_at_ms=T, ended_at_ms=T + 1, error=flagged)
+    latest = _step(attempt=2, attempt_outcome="error", ended_at_ms=T + 5, error=flagged)
+    attempts = _attempts_json(latest, [logged])
+    assert [a["error"] for a in attempts] == [
+        {"name": "AttemptAbandonedError", "message": "cut off"}] * 2
