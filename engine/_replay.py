@@ -21,7 +21,7 @@ from engine import _history as h
 from engine._codec import decode_json, error_dict, validate_json_value
 from engine._replay_loop import ReplayLoop
 from engine._saga import TERMINATED_ERROR, SagaMixin
-from sdk._config import MAX_SLEEP, StepConfig, check_event_type
+from sdk._config import MAX_SLEEP, StepConfig, check_event_type, check_step_name
 from sdk._durations import Duration, duration_ms, parse_duration
 from sdk._workflow import (
     ReceivedEvent,
@@ -203,6 +203,9 @@ class InstanceRun(SagaMixin):
 
     # -- called from run() through _ReplayStep ------------------------------------------
     def call(self, kind: str, name: str) -> _Call:
+        # Every kind: a bad name must fail run() here, not the turn's write (a PostgreSQL
+        # column too short for it would fail that turn again at every retry).
+        check_step_name(name)
         self._counts[name] += 1
         count = self._counts[name]
         key = StepInfo(name, count).key

@@ -129,6 +129,25 @@ async def test_an_error_named_like_an_abandoned_attempt_still_counts_against_ret
     assert len(sim.attempt_log) == 1
 
 
+class BadSleepName(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        name = event.payload["name"]
+        if event.payload["kind"] == "sleep":
+            await step.sleep(name, 1)
+        else:
+            await step.wait_for_event(name, "go")
+
+
+@pytest.mark.parametrize("kind", ["sleep", "wait_for_event"])
+@pytest.mark.parametrize(("name", "error"), [("x" * 257, "LimitExceededError"),
+                                             (None, "ValidationError")])
+async def test_every_step_kind_checks_its_name(kind: str, name: Any, error: str) -> None:
+    outcome = await Simulation(BadSleepName, params={"kind": kind, "name": name}).run()
+    assert outcome.status == "errored"
+    assert outcome.error is not None and outcome.error["name"] == error
+    assert outcome.inserted == []  # nothing of it reaches the store
+
+
 class Parallel(WorkflowEntrypoint):
     async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
         results = await asyncio.gather(*(step.do(f"p{i}", lambda i=i: i * i) for i in range(10)))
