@@ -6,6 +6,7 @@ import importlib
 import importlib.util
 import inspect
 import sys
+import traceback
 from collections.abc import Iterable
 from pathlib import Path
 from types import ModuleType
@@ -15,7 +16,30 @@ from sdk.errors import ValidationError
 
 
 def load_module(spec: str) -> ModuleType:
-    """Import ``spec``: a dotted module name or a path to a ``.py`` file."""
+    """Import ``spec``: a dotted module name or a path to a ``.py`` file.
+
+    Raises:
+        ValidationError: It cannot be found or its code fails while importing; the message
+            is one line naming the module, the error and where it was raised.
+    """
+    try:
+        return _import(spec)
+    except ValidationError:
+        raise
+    except Exception as exc:
+        # The innermost line of the user's code (a SyntaxError names its own line).
+        theirs = [f for f in traceback.extract_tb(exc.__traceback__)
+                  if f.filename not in _MACHINERY and not f.filename.startswith("<")]
+        where = "" if isinstance(exc, SyntaxError) or not theirs else (
+            f" at {theirs[-1].filename}:{theirs[-1].lineno}")
+        raise ValidationError(
+            f"cannot load workflows from {spec}: {type(exc).__name__}: {exc}{where}") from exc
+
+
+_MACHINERY = frozenset({__file__, importlib.__file__})
+
+
+def _import(spec: str) -> ModuleType:
     if spec.endswith(".py") or "/" in spec:
         path = Path(spec).resolve()
         if not path.is_file():

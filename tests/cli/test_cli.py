@@ -302,3 +302,17 @@ def test_the_cli_starts_without_the_database_and_broker_stacks() -> None:
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                             timeout=60, check=True, env=clean_env())
     assert result.stdout.strip() == ""
+
+
+def test_a_workflow_module_that_fails_to_import_is_a_one_line_reason(tmp_path: Path) -> None:
+    (tmp_path / "syntax.py").write_text("def broken(:\n")
+    (tmp_path / "missing_dep.py").write_text("x = 1\nimport warren_no_such_dependency\n")
+    cases = {"syntax.py": "SyntaxError", "missing_dep.py": "missing_dep.py:2",
+             "warren_no_such_module": "No module named 'warren_no_such_module'"}
+    for module, detail in cases.items():
+        result = warren("worker", module, env=clean_env(), cwd=tmp_path, timeout=30)
+        assert result.returncode == 1, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1
+        assert lines[0].startswith(f"warren: cannot load workflows from {module}")
+        assert detail in lines[0]
