@@ -112,6 +112,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PAYLOAD",
         help="payload as JSON (default null)",
     )
+    event.add_argument("--json", action="store_true", help="print the API's answer as JSON")
 
     workflows = commands.add_parser("workflows", help="list the workflows the engine knows")
     workflows.add_argument("--json", action="store_true")
@@ -139,6 +140,7 @@ def _parser() -> argparse.ArgumentParser:
         control = actions.add_parser(name, help=text)
         control.add_argument("workflow", metavar="WORKFLOW")
         control.add_argument("id", metavar="ID", help="instance id, or 'latest'")
+        control.add_argument("--json", action="store_true", help="print the API's answer as JSON")
         if name == "terminate":
             control.add_argument(
                 "--rollback", action="store_true", help="run the saga rollback handlers first"
@@ -228,8 +230,9 @@ def _remote(args: argparse.Namespace) -> int:
         return 0
     if args.command == "send-event":
         payload = _json_arg(args.payload, "PAYLOAD")
-        api.send_event(args.workflow, args.id, args.type, payload)
-        print(f"sent event {args.type!r} to {args.workflow}/{args.id}")
+        answer = api.send_event(args.workflow, args.id, args.type, payload)
+        print(out.json_text(answer) if args.json
+              else f"sent event {args.type!r} to {args.workflow}/{args.id}")
         return 0
     if args.command == "workflows":
         names = api.workflows()
@@ -253,8 +256,9 @@ def _remote(args: argparse.Namespace) -> int:
         body = {"rollback": True}
     if args.action == "restart" and args.from_step:
         body = {"from_step": args.from_step}
-    api.control(args.workflow, instance_id, args.action, body)
-    print(f"{args.action} requested for {args.workflow}/{instance_id}")
+    answer = api.control(args.workflow, instance_id, args.action, body)
+    print(out.json_text(answer) if args.json
+          else f"{args.action} requested for {args.workflow}/{instance_id}")
     return 0
 
 

@@ -116,6 +116,12 @@ def test_send_event_completes_a_waiting_instance(dev: DevServer) -> None:
     assert result.returncode == 0, result.stderr
     assert "sent event 'approval'" in result.stdout
     done = _wait_status(dev, "approval", "ev-1", "complete")
+    # For scripts: the API's answer.
+    assert warren("trigger", "approval", "--id", "ev-2", env=dev.env).returncode == 0
+    _wait_status(dev, "approval", "ev-2", "waiting")
+    answer = warren_json("send-event", "approval", "ev-2", "approval", '"kim"', env=dev.env)
+    assert answer == {"id": "ev-2", "workflow": "approval", "accepted": "event:approval"}
+    assert _wait_status(dev, "approval", "ev-2", "complete")["output"] == {"approved_by": "kim"}
     assert done["output"] == {"approved_by": {"by": "lee"}}
 
 
@@ -149,8 +155,8 @@ def test_pause_resume_terminate_restart(dev: DevServer) -> None:
         assert result.returncode == 0, result.stderr
         assert f"{action} requested for sleepy/ctl-1" in result.stdout
         _wait_status(dev, "sleepy", "ctl-1", *wanted)
-    result = warren("instances", "restart", "sleepy", "ctl-1", env=dev.env)
-    assert result.returncode == 0, result.stderr
+    answer = warren_json("instances", "restart", "sleepy", "ctl-1", env=dev.env)
+    assert answer == {"id": "ctl-1", "workflow": "sleepy", "accepted": "restart"}
     _wait_status(dev, "sleepy", "ctl-1", "waiting", "running", "queued")
 
 
