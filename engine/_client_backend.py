@@ -13,6 +13,7 @@ import orjson
 from sqlalchemy.exc import IntegrityError
 
 from broker import Broker, OutgoingMessage, Subscription, broker_from_url, turn_message
+from broker.memory import MemoryBroker
 from engine._announced import Announcement
 from engine._clock import now_ms
 from engine._codec import encode_json
@@ -22,6 +23,7 @@ from engine._lifecycle import LifecycleEvents
 from engine._settings import Settings
 from engine._store._control import control_txn
 from engine._store._database import Database
+from engine._store._events import IncomingEvent, store_events_txn
 from engine._store._gates import gate_counts
 from engine._store._instances import (
     NewInstance,
@@ -136,13 +138,24 @@ class EngineClientBackend:
     ) -> None:
         await self.connect()
         body = encode_json(payload, what="event payload").encode()
-        async with self._db.reading() as conn:
-            status = await instance_state(conn, workflow, instance_id)
+        if isinstance(self._broker, MemoryBroker):
+            # The embedded broker lives in this process: a message through it would never
+            # reach a worker in another one (a script beside `warren dev`). Stored here, the
+            # event waits in SQL for whichever worker turns the instance next.
+            async with self._db.transaction() as conn:
+                [status] = await store_events_txn(conn, workflow, [IncomingEvent(
+                    instance_id, event_type, body.decode(), message_id)], now_ms())
+        else:
+            async with self._db.reading() as conn:
+                status = await instance_state(conn, workflow, instance_id)
         if status is None:
             raise InstanceNotFoundError(f"no instance {instance_id!r} in workflow {workflow!r}")
         if status in FINISHED_STATUSES:
             raise InvalidTransitionError(
                 f"instance {instance_id!r} is {status}; it takes no more events")
+        if isinstance(self._broker, MemoryBroker):
+            await self._poke(workflow, instance_id)
+            return
         # The same path as a webhook relay: the worker stores it (once per message id).
         await self._broker.publish([OutgoingMessage(
             "events", f"{workflow}.{instance_id}.{event_type}", body,

@@ -45,7 +45,8 @@ from engine._store._decided_turns import DecidedTurn, writable_alone, write_deci
 from engine._store._events import IncomingEvent, store_events_txn
 from engine._store._gates import SlotsContended, wants_slot
 from engine._store._instances import NewInstance, create_from_message_txn, existing_ids
-from engine._store._schema import events, instances
+from engine._store._rows import dedup_key
+from engine._store._schema import instances
 from engine._store._turns import (
     Committed,
     Leased,
@@ -250,7 +251,7 @@ class TurnLoop:
             raise ValidationError(f"create message is not JSON: {exc}") from None
         if not isinstance(body, dict) or not set(body) <= {"id", "params"}:
             raise ValidationError('create message must be a JSON object {"id"?, "params"?}')
-        token = (_dedup_key(delivery.message_id, _CREATE_TOKEN_LENGTH)
+        token = (dedup_key(delivery.message_id, instances.c.create_token)
                  or hashlib.sha256(delivery.body).hexdigest()[:32])
         # Only an absent id means "generate one": "" or 0 is a bad id, dead-lettered below.
         instance_id = token if body.get("id") is None else body["id"]
@@ -656,20 +657,8 @@ def _incoming_event(workflow: str, delivery: Delivery) -> IncomingEvent:
         orjson.loads(delivery.body)
     except orjson.JSONDecodeError as exc:
         raise ValidationError(f"event payload is not JSON: {exc}") from None
-    return IncomingEvent(instance_id, event_type, delivery.body.decode(),
-                         _dedup_key(delivery.message_id, _EVENT_MESSAGE_ID_LENGTH))
+    return IncomingEvent(instance_id, event_type, delivery.body.decode(), delivery.message_id)
 
-
-_CREATE_TOKEN_LENGTH: int = instances.c.create_token.type.length
-_EVENT_MESSAGE_ID_LENGTH: int = events.c.message_id.type.length
-
-
-def _dedup_key(message_id: str | None, max_length: int) -> str | None:
-    """A message id as stored to de-duplicate: as sent if it fits its column, else its
-    SHA-256 (AMQP allows 255 characters; de-duplicating needs only equality)."""
-    if message_id is None or len(message_id) <= max_length:
-        return message_id
-    return hashlib.sha256(message_id.encode()).hexdigest()[:max_length]
 
 
 def _by_instance(results: Sequence[AttemptResult]) -> dict[int, list[AttemptResult]]:

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from engine._history import FINISHED_STATUSES
 from engine._store._batching import padded
 from engine._store._dialects import conflict_insert
+from engine._store._rows import dedup_key
 from engine._store._schema import events, instances
 
 
@@ -44,7 +45,8 @@ async def store_events_txn(
         _STATUSES, {"b_workflow": workflow, "b_ids": padded(ids)})}
     rows = [
         {"instance_pk": found[e.instance_id].pk, "event_type": e.event_type,
-         "payload": e.payload, "message_id": e.message_id, "received_at_ms": now_ms}
+         "payload": e.payload, "message_id": dedup_key(e.message_id, events.c.message_id),
+         "received_at_ms": now_ms}
         for e in incoming
         if e.instance_id in found and found[e.instance_id].status not in FINISHED_STATUSES
     ]

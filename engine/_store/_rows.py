@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
+from sqlalchemy import Column
 
 from engine import _history as h
 from engine._codec import decode_json
@@ -51,3 +53,12 @@ def step_values(record: h.StepRecord) -> dict[str, Any]:
         "ended_at_ms": record.ended_at_ms,
         "attempt_started_at_ms": record.attempt_started_at_ms,
     }
+
+
+def dedup_key(message_id: str | None, column: Column[Any]) -> str | None:
+    """A message id as ``column`` stores it to de-duplicate: as sent if it fits, else its
+    SHA-256 (AMQP allows 255 characters; de-duplicating needs only equality)."""
+    length = column.type.length  # type: ignore[attr-defined]
+    if message_id is None or len(message_id) <= length:
+        return message_id
+    return hashlib.sha256(message_id.encode()).hexdigest()[:length]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 from collections import Counter
 from contextlib import asynccontextmanager
@@ -499,3 +501,36 @@ async def test_queued_events_are_stored_in_batches_and_a_bad_one_fails_alone(
         assert dead is not None and "no instance 'ghost'" in str(dead.headers[REASON_HEADER])
     assert sum(transactions) == 21
     assert len(transactions) <= 10, transactions  # not one transaction per event
+
+
+class QuickApproval(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        approval = await step.wait_for_event("approval", "approval", timeout="4 seconds")
+        return approval.payload
+
+
+async def test_an_event_sent_from_another_process_on_the_embedded_broker_is_kept(
+    namespace: str, sqlite_url: str,
+) -> None:
+    """A script beside `warren dev` shares its SQLite file but not its in-process broker: a
+    message through its own broker reached no worker, and the event was lost."""
+    stack = Stack("memory-sqlite", f"memory://{namespace}", sqlite_url, namespace)
+    script = (
+        "import asyncio, sys\n"
+        "from sdk import Client, Instance\n"
+        "async def main():\n"
+        "    async with Client() as client:\n"
+        "        await Instance(client, 'quick-approval', sys.argv[1]).send_event(\n"
+        "            'approval', {'by': 'other process'})\n"
+        "asyncio.run(main())\n")
+    async with stack.running([QuickApproval]) as client:
+        inst = await client.workflow("quick-approval").create()
+        await inst.wait_for_status("waiting", timeout=10)
+        sender = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", script, inst.id, env={**os.environ, **stack.env})
+        assert await asyncio.wait_for(sender.wait(), timeout=30) == 0
+        # Stored in SQL, it is there when the instance next runs (here, at the wait's
+        # deadline): the wait gets it instead of timing out.
+        st = await inst.wait_for_status(["complete", "errored"], timeout=20)
+    assert st.status == "complete", st.error
+    assert st.output == {"by": "other process"}
