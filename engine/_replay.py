@@ -443,7 +443,8 @@ class InstanceRun(SagaMixin):
             record.state = h.BACKOFF
             record.attempt_outcome = None
             record.wake_at_ms = self.now_ms + duration_ms(wait)
-            self.outcome.step_events.append(("step.retrying", {
+            retrying = "rollback.step.retrying" if record.kind == h.ROLLBACK else "step.retrying"
+            self.outcome.step_events.append((retrying, {
                 "step": record.name, "count": record.count, "attempt": record.attempt,
                 "error": record.error, "retry_in_ms": duration_ms(wait)}))
             self.outcome.timers_set[record.key] = record.wake_at_ms

@@ -126,6 +126,8 @@ async def test_failing_handler_stops_the_rollback_and_keeps_the_original_error()
     kinds = [kind for turn in sim.turns for kind, _ in turn.step_events]
     assert kinds.count("rollback.started") == 1 and kinds[-1] == "rollback.finished"
     assert "rollback.step.failed" in kinds and "rollback.step.succeeded" in kinds
+    # A handler's retries are the rollback's, as its start and end are (README, lifecycle).
+    assert kinds.count("rollback.step.retrying") == 2 and "step.retrying" not in kinds
 
 
 SEEN_ERRORS: list[Any] = []
