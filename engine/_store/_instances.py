@@ -222,6 +222,16 @@ def _attempts_json(step: Any, failed: list[Any]) -> list[dict[str, Any]]:
     return attempts
 
 
+def _output_json(s: Any) -> Any:
+    """A succeeded step's output; a received event's time in ISO-8601, as every time in the
+    status JSON (API.md §6), though history keeps it in milliseconds for the replay."""
+    output = decode_json(s.output)
+    if s.kind == h.WAIT_FOR_EVENT and isinstance(output, dict) and isinstance(
+            output.get("timestamp"), int):
+        output = {**output, "timestamp": iso(output["timestamp"])}
+    return output
+
+
 def _step_json(s: Any, attempts: list[dict[str, Any]]) -> dict[str, Any]:
     done = s.completed_seq is not None
     return {
@@ -229,7 +239,7 @@ def _step_json(s: Any, attempts: list[dict[str, Any]]) -> dict[str, Any]:
         "start": iso(s.started_at_ms), "end": iso(s.ended_at_ms) if done else None,
         "success": (s.state == h.SUCCEEDED) if done else None,
         "state": s.state, "attempts": attempts, "config": decode_json(s.config),
-        "output": decode_json(s.output) if s.state == h.SUCCEEDED else None,
+        "output": _output_json(s) if s.state == h.SUCCEEDED else None,
         "error": _public_error(s.error) if s.state == h.FAILED else None,
         "wake_at": iso(s.wake_at_ms) if s.state in (h.WAITING, h.BACKOFF) else None,
     }

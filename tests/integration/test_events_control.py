@@ -8,6 +8,7 @@ import sys
 import time
 from collections import Counter
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -534,3 +535,6 @@ async def test_an_event_sent_from_another_process_on_the_embedded_broker_is_kept
         st = await inst.wait_for_status(["complete", "errored"], timeout=20)
     assert st.status == "complete", st.error
     assert st.output == {"by": "other process"}
+    wait = st.steps[0]["output"]  # the status JSON's times are ISO-8601 (API.md §6)
+    assert wait["payload"] == {"by": "other process"}
+    assert datetime.fromisoformat(wait["timestamp"]).tzinfo is not None
