@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 import structlog
+from sqlalchemy.exc import DataError, IntegrityError
 
 from broker import (
     STORED_HEADER,
@@ -161,13 +162,34 @@ class TurnLoop:
         for workflow, delivery in taken.items:
             batches.setdefault(workflow, _Batch(workflow)).deliveries.append(delivery)
         for batch in batches.values():
-            try:
-                await self._process(batch)
-            except Exception:
+            await self._process_or_isolate(batch)
+
+    async def _process_or_isolate(self, batch: _Batch) -> None:
+        """Process ``batch``; if the database refuses one of its messages' data, find which.
+
+        Requeued as a whole, a batch holding such a message would fail again at every
+        redelivery, with every message taken beside it: the queue would be blocked. So its
+        messages are processed again one at a time, and the one the database refuses alone
+        is dead-lettered with the reason. Any other failure (the database unreachable, say)
+        requeues the batch, to be retried.
+        """
+        try:
+            await self._process(batch)
+        except Exception as exc:
+            if not _refused_data(exc):
                 log.exception("turn batch failed; messages requeued", workflow=batch.workflow)
                 await asyncio.gather(*(d.nack(requeue=True) for d in batch.deliveries),
                                      return_exceptions=True)
                 await asyncio.sleep(0.2)
+            elif len(batch.deliveries) > 1:
+                log.warning("the database refused a batch's data; retrying its messages "
+                            "one at a time", workflow=batch.workflow,
+                            messages=len(batch.deliveries), error=str(exc).splitlines()[0])
+                for delivery in batch.deliveries:
+                    await self._process_or_isolate(_Batch(batch.workflow, [delivery]))
+            else:
+                await _reject(batch.deliveries[0],
+                              f"the database refused it: {str(exc).splitlines()[0]}")
 
     async def _process(self, batch: _Batch) -> None:
         stored: list[Delivery] = []  # creates and events: their effect is already in SQL
@@ -627,6 +649,16 @@ async def reject_unroutable(delivery: Delivery) -> None:
     reason = (f"no workflow named {workflow!r} is served (unroutable {delivery.exchange} "
               "message; start a worker for it before publishing)")
     await _reject(delivery, reason)
+
+
+def _refused_data(exc: BaseException) -> bool:
+    """Whether the database refused a statement's data, so that the same message can only
+    fail the same way again: SQLSTATE class 22 (data exception), 23 (integrity constraint)
+    or 54 (program limit, e.g. an index entry too large)."""
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    state = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return isinstance(state, str) and state[:2] in ("22", "23", "54")
 
 
 async def _reject(delivery: Delivery, reason: str) -> None:

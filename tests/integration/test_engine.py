@@ -292,6 +292,70 @@ async def test_malformed_messages_are_dead_lettered_without_blocking(stack: Stac
     assert sum("invalid instance id" in r for r in reasons) == 2
 
 
+async def test_a_message_whose_data_the_database_refuses_is_dead_lettered_alone(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch the database refuses is not requeued forever with every message in it."""
+    from sqlalchemy.exc import DataError
+
+    from engine import _turn_loop
+
+    real = _turn_loop.create_from_message_txn
+
+    async def refusing_poison(conn: Any, workflow: str, item: Any, now: int) -> str:
+        if item.instance_id == "poison":  # as PostgreSQL refuses a value too long
+            raise DataError("INSERT INTO warren_instances ...", {}, ValueError("too long"))
+        return await real(conn, workflow, item, now)
+
+    monkeypatch.setattr(_turn_loop, "create_from_message_txn", refusing_poison)
+    ids = ["fine-1", "fine-2", "poison", "fine-3", "fine-4"]
+    async with stack.running([Unique]) as client:
+        async with broker_from_url(stack.broker_url, stack.namespace) as raw:
+            await raw.publish([OutgoingMessage("create", "unique",
+                                               orjson.dumps({"id": i, "params": i}))
+                               for i in ids])
+            dead = await raw.get_dead(timeout_s=10)  # type: ignore[attr-defined]
+            assert dead is not None, "the refused message was not dead-lettered"
+            assert orjson.loads(dead.body)["id"] == "poison"
+            assert "database refused" in str(dead.headers[REASON_HEADER])
+        for i in ids:
+            if i != "poison":
+                inst = await eventually(lambda i=i: _existing(client, "unique", i), timeout=10,
+                                        message=f"{i!r} stored")
+                assert (await inst.wait_for_status("complete", 10)).output == i
+
+
+async def test_refused_data_is_told_apart_from_an_unreachable_database(stack: Stack) -> None:
+    """What makes a batch's messages be retried one by one, on each real database."""
+    from engine._store._database import Database
+    from engine._turn_loop import _refused_data
+
+    refusals = []
+    db = Database(stack.database_url)
+    try:
+        async with db.transaction() as conn:
+            await conn.exec_driver_sql("CREATE TEMP TABLE refuse (v VARCHAR(3) UNIQUE)")
+            await conn.exec_driver_sql("INSERT INTO refuse VALUES ('a')")
+            for value in ("'a'", "'abcdef'"):  # a duplicate; too long (PostgreSQL only)
+                try:
+                    async with conn.begin_nested():
+                        await conn.exec_driver_sql(f"INSERT INTO refuse VALUES ({value})")
+                except Exception as exc:
+                    refusals.append(exc)
+    finally:
+        await db.close()
+    assert refusals and all(_refused_data(exc) for exc in refusals)
+    assert len(refusals) == (2 if stack.database_url.startswith("postgresql") else 1)
+    unreachable = Database("postgresql+asyncpg://nobody@127.0.0.1:9/none")
+    try:
+        with pytest.raises(Exception) as outage:
+            async with unreachable.transaction():
+                pass
+    finally:
+        await unreachable.close()
+    assert not _refused_data(outage.value)
+
+
 async def test_many_instances_complete_with_each_step_once(stack: Stack) -> None:
     RUNS.clear()
     async with stack.running([ThreeSteps]) as client:
