@@ -71,6 +71,7 @@ class _Batch:
     deliveries: list[Delivery] = field(default_factory=list)
     instance_ids: dict[str, None] = field(default_factory=dict)  # ordered set
     announced: dict[str, AnnouncedInstance] = field(default_factory=dict)
+    rejected: list[Delivery] = field(default_factory=list)  # dead-lettered while decoding
 
 
 @dataclass(slots=True)
@@ -154,6 +155,9 @@ class TurnLoop:
             taken = await self._intake.take()
             try:
                 await self._process_taken(taken)
+            except Exception:  # settles what it can; this task must go on taking turns
+                log.exception("turn task: unexpected failure; its messages come back when "
+                              "their channel closes")
             finally:
                 self._intake.done(taken)
 
@@ -176,20 +180,27 @@ class TurnLoop:
         try:
             await self._process(batch)
         except Exception as exc:
+            unsettled = [d for d in batch.deliveries if d not in batch.rejected]
+            error = (str(exc).splitlines() or [repr(exc)])[0]
             if not _refused_data(exc):
                 log.exception("turn batch failed; messages requeued", workflow=batch.workflow)
-                await asyncio.gather(*(d.nack(requeue=True) for d in batch.deliveries),
+                await asyncio.gather(*(d.nack(requeue=True) for d in unsettled),
                                      return_exceptions=True)
                 await asyncio.sleep(0.2)
-            elif len(batch.deliveries) > 1:
+            elif len(unsettled) > 1:
                 log.warning("the database refused a batch's data; retrying its messages "
                             "one at a time", workflow=batch.workflow,
-                            messages=len(batch.deliveries), error=str(exc).splitlines()[0])
-                for delivery in batch.deliveries:
+                            messages=len(unsettled), error=error)
+                for delivery in unsettled:
                     await self._process_or_isolate(_Batch(batch.workflow, [delivery]))
-            else:
-                await _reject(batch.deliveries[0],
-                              f"the database refused it: {str(exc).splitlines()[0]}")
+            elif unsettled:
+                try:
+                    await _reject(unsettled[0], f"the database refused it: {error}")
+                except Exception:  # the broker failed the dead-letter: redelivered later
+                    log.exception("dead-lettering a refused message failed; requeued",
+                                  workflow=batch.workflow)
+                    await asyncio.gather(unsettled[0].nack(requeue=True),
+                                         return_exceptions=True)
 
     async def _process(self, batch: _Batch) -> None:
         stored: list[Delivery] = []  # creates and events: their effect is already in SQL
@@ -197,7 +208,9 @@ class TurnLoop:
         incoming: list[tuple[Delivery, IncomingEvent]] = []
         for delivery in batch.deliveries:
             admitted = await self._admit(batch.workflow, delivery)
-            if isinstance(admitted, IncomingEvent):
+            if admitted is None:
+                batch.rejected.append(delivery)
+            elif isinstance(admitted, IncomingEvent):
                 incoming.append((delivery, admitted))
             elif isinstance(admitted, AnnouncedInstance):
                 batch.instance_ids[admitted.snapshot.instance_id] = None
@@ -657,7 +670,7 @@ def _refused_data(exc: BaseException) -> bool:
     or 54 (program limit, e.g. an index entry too large)."""
     if isinstance(exc, DataError | IntegrityError):
         return True
-    state = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    state = getattr(exc, "sqlstate", None) or getattr(getattr(exc, "orig", None), "sqlstate", None)
     return isinstance(state, str) and state[:2] in ("22", "23", "54")
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 import pytest
+import structlog.testing
 
 from broker import REASON_HEADER, OutgoingMessage, broker_from_url
 from sdk import (
@@ -308,21 +309,66 @@ async def test_a_message_whose_data_the_database_refuses_is_dead_lettered_alone(
         return await real(conn, workflow, item, now)
 
     monkeypatch.setattr(_turn_loop, "create_from_message_txn", refusing_poison)
-    ids = ["fine-1", "fine-2", "poison", "fine-3", "fine-4"]
-    async with stack.running([Unique]) as client:
+    # "bad id!" is dead-lettered while the batch is decoded, before the refusal: the
+    # one-at-a-time retry must not handle it again.
+    ids = ["fine-1", "bad id!", "fine-2", "poison", "fine-3", "fine-4"]
+    with structlog.testing.capture_logs() as logs:
+        async with stack.running([Unique]) as client:
+            async with broker_from_url(stack.broker_url, stack.namespace) as raw:
+                await raw.publish([OutgoingMessage("create", "unique",
+                                                   orjson.dumps({"id": i, "params": i}))
+                                   for i in ids])
+                dead = [await raw.get_dead(timeout_s=10)  # type: ignore[attr-defined]
+                        for _ in range(2)]
+                assert all(d is not None for d in dead), "a bad message was not dead-lettered"
+                reasons = {orjson.loads(d.body)["id"]: str(d.headers[REASON_HEADER])
+                           for d in dead}
+                assert "database refused" in reasons["poison"]
+                assert "invalid instance id" in reasons["bad id!"]
+                # and nothing more reaches the dead-letter queue
+                assert await raw.get_dead(timeout_s=1) is None  # type: ignore[attr-defined]
+            for i in ids:
+                if i not in reasons:
+                    inst = await eventually(lambda i=i: _existing(client, "unique", i),
+                                            timeout=10, message=f"{i!r} stored")
+                    assert (await inst.wait_for_status("complete", 10)).output == i
+    failures = [e for e in logs if e.get("log_level") in ("error", "critical")]
+    assert not failures, failures
+
+
+async def test_a_refused_message_whose_dead_lettering_fails_comes_back(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The broker failing the dead-letter of a refused message (a connection blip) neither
+    loses the message nor the turn task that held it."""
+    from sqlalchemy.exc import DataError
+
+    from engine import _turn_loop
+
+    real_create, real_reject = _turn_loop.create_from_message_txn, _turn_loop._reject
+    blips = [ConnectionError("broker connection reset")]
+
+    async def refusing_poison(conn: Any, workflow: str, item: Any, now: int) -> str:
+        if item.instance_id == "poison":
+            raise DataError("INSERT INTO warren_instances ...", {}, ValueError("too long"))
+        return await real_create(conn, workflow, item, now)
+
+    async def blipping_reject(delivery: Any, reason: str) -> None:
+        if blips:
+            raise blips.pop()
+        await real_reject(delivery, reason)
+
+    monkeypatch.setattr(_turn_loop, "create_from_message_txn", refusing_poison)
+    monkeypatch.setattr(_turn_loop, "_reject", blipping_reject)
+    async with stack.running([Unique], turn_parallelism=1) as client:  # one turn task
         async with broker_from_url(stack.broker_url, stack.namespace) as raw:
-            await raw.publish([OutgoingMessage("create", "unique",
-                                               orjson.dumps({"id": i, "params": i}))
-                               for i in ids])
-            dead = await raw.get_dead(timeout_s=10)  # type: ignore[attr-defined]
-            assert dead is not None, "the refused message was not dead-lettered"
-            assert orjson.loads(dead.body)["id"] == "poison"
-            assert "database refused" in str(dead.headers[REASON_HEADER])
-        for i in ids:
-            if i != "poison":
-                inst = await eventually(lambda i=i: _existing(client, "unique", i), timeout=10,
-                                        message=f"{i!r} stored")
-                assert (await inst.wait_for_status("complete", 10)).output == i
+            await raw.publish([OutgoingMessage("create", "unique", b'{"id": "poison"}')])
+            dead = await raw.get_dead(timeout_s=15)  # type: ignore[attr-defined]
+        assert blips == [] and dead is not None, "the refused message was not dead-lettered"
+        # The only turn task is still taking turns.
+        st = await (await client.workflow("unique").create(params=3)).wait_for_status(
+            "complete", 10)
+    assert st.output == 3
 
 
 async def test_refused_data_is_told_apart_from_an_unreachable_database(stack: Stack) -> None:
