@@ -37,6 +37,14 @@ def decode_json(text: str | None) -> Any:
     return None if text is None else orjson.loads(text)
 
 
+def public_error(error: Any) -> dict[str, Any] | None:
+    """A recorded error as users see it (status JSON, lifecycle events): its name and
+    message, without the engine's own flags (``non_retryable``, ``abandoned``)."""
+    if not isinstance(error, dict):
+        return None
+    return {"name": error.get("name"), "message": error.get("message")}
+
+
 MAX_ERROR_MESSAGE = 16 * 1024
 
 

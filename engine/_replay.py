@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from engine import _history as h
-from engine._codec import decode_json, error_dict, validate_json_value
+from engine._codec import decode_json, error_dict, public_error, validate_json_value
 from engine._replay_loop import ReplayLoop
 from engine._saga import TERMINATED_ERROR, SagaMixin
 from sdk._config import MAX_SLEEP, StepConfig, check_event_type, check_step_name
@@ -203,13 +203,15 @@ class InstanceRun(SagaMixin):
 
     # -- called from run() through _ReplayStep ------------------------------------------
     def call(self, kind: str, name: str) -> _Call:
-        # Every kind: a bad name must fail run() here, not the turn's write (a PostgreSQL
-        # column too short for it would fail that turn again at every retry).
-        check_step_name(name)
         self._counts[name] += 1
         count = self._counts[name]
         key = StepInfo(name, count).key
         record = self._records.get(key)
+        if record is None:
+            # A new call: a bad name must fail run() here, not the turn's write (a PostgreSQL
+            # column too short for it would fail that turn again at every retry). A recorded
+            # step replays whatever its name: an older build may have let it through.
+            check_step_name(name)
         if record is not None and record.kind != kind:
             self._divergence = NonDeterminismError(
                 f"step {name!r} (occurrence {count}) is a {record.kind!r} step in the recorded "
@@ -377,7 +379,7 @@ class InstanceRun(SagaMixin):
         self.outcome.step_events.append((
             f"{prefix}.succeeded" if state == h.SUCCEEDED else f"{prefix}.failed",
             {"step": record.name, "count": record.count, "type": record.kind,
-             "attempt": record.attempt, "error": record.error},
+             "attempt": record.attempt, "error": public_error(record.error)},
         ))
 
     def _resolve(self, record: h.StepRecord) -> None:
@@ -446,7 +448,7 @@ class InstanceRun(SagaMixin):
             retrying = "rollback.step.retrying" if record.kind == h.ROLLBACK else "step.retrying"
             self.outcome.step_events.append((retrying, {
                 "step": record.name, "count": record.count, "attempt": record.attempt,
-                "error": record.error, "retry_in_ms": duration_ms(wait)}))
+                "error": public_error(record.error), "retry_in_ms": duration_ms(wait)}))
             self.outcome.timers_set[record.key] = record.wake_at_ms
             self._changed[record.key] = record
 

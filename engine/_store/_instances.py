@@ -14,7 +14,7 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from engine import _history as h
-from engine._codec import decode_json
+from engine._codec import decode_json, public_error
 from engine._store._dialects import CONFLICT_INSERTS, conflict_insert
 from engine._store._driver import DriverStatement, StatementAborted
 from engine._store._schema import instances, step_attempts, steps, workflows
@@ -198,18 +198,11 @@ async def instance_status(
     }
 
 
-def _public_error(text: str | None) -> dict[str, Any] | None:
-    """A recorded step or attempt error as the status JSON shows it (API.md §6): name and
-    message, without the engine's own flags (``non_retryable``, ``abandoned``)."""
-    error = decode_json(text)
-    return None if error is None else {"name": error.get("name"), "message": error.get("message")}
-
-
 def _attempts_json(step: Any, failed: list[Any]) -> list[dict[str, Any]]:
     """A step's attempts: those that failed, from the attempt log, then its latest, from the
     step row, unless that one failed too."""
     attempts = [{"start": iso(a.started_at_ms), "end": iso(a.ended_at_ms),
-                 "success": False, "error": _public_error(a.error)} for a in failed]
+                 "success": False, "error": public_error(decode_json(a.error))} for a in failed]
     if step.attempt < 1 or step.attempt in {a.attempt for a in failed}:
         return attempts
     ended = step.attempt_outcome is not None or step.state == h.SUCCEEDED
@@ -217,7 +210,7 @@ def _attempts_json(step: Any, failed: list[Any]) -> list[dict[str, Any]]:
     attempts.append({
         "start": iso(step.attempt_started_at_ms), "end": iso(step.ended_at_ms) if ended else None,
         "success": success if ended else None,
-        "error": _public_error(step.error) if ended and not success else None,
+        "error": public_error(decode_json(step.error)) if ended and not success else None,
     })
     return attempts
 
@@ -240,7 +233,7 @@ def _step_json(s: Any, attempts: list[dict[str, Any]]) -> dict[str, Any]:
         "success": (s.state == h.SUCCEEDED) if done else None,
         "state": s.state, "attempts": attempts, "config": decode_json(s.config),
         "output": _output_json(s) if s.state == h.SUCCEEDED else None,
-        "error": _public_error(s.error) if s.state == h.FAILED else None,
+        "error": public_error(decode_json(s.error)) if s.state == h.FAILED else None,
         "wake_at": iso(s.wake_at_ms) if s.state in (h.WAITING, h.BACKOFF) else None,
     }
 

@@ -109,6 +109,9 @@ async def test_non_retryable_error_stops_at_one_attempt_and_errors_instance() ->
     assert outcome.status == "errored"
     assert outcome.error == {"name": "NonRetryableError", "message": "bad input"}
     assert len(sim.attempt_log) == 1
+    # Subscribers see the error as the status JSON shows it, without the engine's flags.
+    failed = [d for turn in sim.turns for k, d in turn.step_events if k == "step.failed"]
+    assert [d["error"] for d in failed] == [{"name": "NonRetryableError", "message": "bad input"}]
 
 
 class AttemptAbandonedError(Exception):
@@ -146,6 +149,18 @@ async def test_every_step_kind_checks_its_name(kind: str, name: Any, error: str)
     assert outcome.status == "errored"
     assert outcome.error is not None and outcome.error["name"] == error
     assert outcome.inserted == []  # nothing of it reaches the store
+
+
+async def test_a_recorded_step_replays_whatever_its_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    """History written by a build that did not check sleep names still replays."""
+    from engine import _replay
+
+    sim = Simulation(BadSleepName, params={"kind": "sleep", "name": "x" * 300})
+    with monkeypatch.context() as older_build:
+        older_build.setattr(_replay, "check_step_name", lambda name: name)
+        assert sim.turn().status == "waiting"  # the sleep is recorded
+    outcome = await sim.run()
+    assert outcome.status == "complete", outcome.error
 
 
 class Parallel(WorkflowEntrypoint):
