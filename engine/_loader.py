@@ -24,30 +24,37 @@ def load_module(spec: str) -> ModuleType:
     """
     try:
         return _import(spec)
-    except ValidationError:
+    except _NotFound:
         raise
-    except Exception as exc:
-        # The innermost line of the user's code (a SyntaxError names its own line).
+    except Exception as exc:  # a ValidationError too: the sdk refusing a workflow class
+        # The innermost line of the user's code, not of Warren's or of the import machinery
+        # (a SyntaxError names its own line).
         theirs = [f for f in traceback.extract_tb(exc.__traceback__)
-                  if f.filename not in _MACHINERY and not f.filename.startswith("<")]
+                  if not f.filename.startswith(_MACHINERY)]
         where = "" if isinstance(exc, SyntaxError) or not theirs else (
             f" at {theirs[-1].filename}:{theirs[-1].lineno}")
         raise ValidationError(
             f"cannot load workflows from {spec}: {type(exc).__name__}: {exc}{where}") from exc
 
 
-_MACHINERY = frozenset({__file__, importlib.__file__})
+# Warren's three packages sit side by side (engine/_loader.py is this file).
+_MACHINERY = ("<", str(Path(importlib.__file__).parent),
+              *(str(Path(__file__).parents[1] / name) for name in ("sdk", "engine", "broker")))
+
+
+class _NotFound(ValidationError):
+    """``spec`` names no file that can be imported (said as is, not as a failed import)."""
 
 
 def _import(spec: str) -> ModuleType:
     if spec.endswith(".py") or "/" in spec:
         path = Path(spec).resolve()
         if not path.is_file():
-            raise ValidationError(f"no such file: {spec}")
+            raise _NotFound(f"no such file: {spec}")
         name = f"warren_user_{path.stem}"
         module_spec = importlib.util.spec_from_file_location(name, path)
         if module_spec is None or module_spec.loader is None:
-            raise ValidationError(f"cannot import {spec}")
+            raise _NotFound(f"cannot import {spec}")
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[name] = module
         sys.path.insert(0, str(path.parent))

@@ -313,12 +313,21 @@ def test_the_cli_starts_without_the_database_and_broker_stacks() -> None:
 def test_a_workflow_module_that_fails_to_import_is_a_one_line_reason(tmp_path: Path) -> None:
     (tmp_path / "syntax.py").write_text("def broken(:\n")
     (tmp_path / "missing_dep.py").write_text("x = 1\nimport warren_no_such_dependency\n")
+    (tmp_path / "bad_name.py").write_text(
+        "from sdk import WorkflowEntrypoint\n\n"
+        "class Bad(WorkflowEntrypoint):\n    name = 'no spaces allowed'\n")
     cases = {"syntax.py": "SyntaxError", "missing_dep.py": "missing_dep.py:2",
+             "bad_name.py": "invalid workflow name 'no spaces allowed'",
+             "no_such_file.py": "no such file",
              "warren_no_such_module": "No module named 'warren_no_such_module'"}
     for module, detail in cases.items():
         result = warren("worker", module, env=clean_env(), cwd=tmp_path, timeout=30)
         assert result.returncode == 1, result.stderr
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1
-        assert lines[0].startswith(f"warren: cannot load workflows from {module}")
+        assert lines[0].startswith("warren: ")
+        if module != "no_such_file.py":
+            assert lines[0].startswith(f"warren: cannot load workflows from {module}")
         assert detail in lines[0]
+        if module == "bad_name.py":  # the user's line, not Warren's code that refused it
+            assert lines[0].endswith(f"at {tmp_path / 'bad_name.py'}:3"), lines[0]
