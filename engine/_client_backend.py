@@ -18,12 +18,11 @@ from engine._announced import Announcement
 from engine._clock import now_ms
 from engine._codec import encode_json
 from engine._create_group import CreateGroups
-from engine._history import FINISHED_STATUSES
 from engine._lifecycle import LifecycleEvents
 from engine._settings import Settings
 from engine._store._control import control_txn
 from engine._store._database import Database
-from engine._store._events import IncomingEvent, store_events_txn
+from engine._store._events import IncomingEvent, check_takes_events, store_events_txn
 from engine._store._gates import gate_counts
 from engine._store._instances import (
     NewInstance,
@@ -36,8 +35,6 @@ from engine._store._instances import (
 )
 from sdk.errors import (
     InstanceExistsError,
-    InstanceNotFoundError,
-    InvalidTransitionError,
     ValidationError,
 )
 
@@ -145,17 +142,12 @@ class EngineClientBackend:
             async with self._db.transaction() as conn:
                 [status] = await store_events_txn(conn, workflow, [IncomingEvent(
                     instance_id, event_type, body.decode(), message_id)], now_ms())
-        else:
-            async with self._db.reading() as conn:
-                status = await instance_state(conn, workflow, instance_id)
-        if status is None:
-            raise InstanceNotFoundError(f"no instance {instance_id!r} in workflow {workflow!r}")
-        if status in FINISHED_STATUSES:
-            raise InvalidTransitionError(
-                f"instance {instance_id!r} is {status}; it takes no more events")
-        if isinstance(self._broker, MemoryBroker):
+            check_takes_events(workflow, instance_id, status)
             await self._poke(workflow, instance_id)
             return
+        async with self._db.reading() as conn:
+            status = await instance_state(conn, workflow, instance_id)
+        check_takes_events(workflow, instance_id, status)
         # The same path as a webhook relay: the worker stores it (once per message id).
         await self._broker.publish([OutgoingMessage(
             "events", f"{workflow}.{instance_id}.{event_type}", body,

@@ -35,7 +35,7 @@ from engine._announced import AnnouncedInstance, announced_instance
 from engine._clock import now_ms
 from engine._codec import MAX_VALUE_BYTES, encode_json, error_dict
 from engine._early_wake import EarlyWakeups
-from engine._history import FINISHED_STATUSES, AttemptResult
+from engine._history import AttemptResult
 from engine._intake import Intake, Taken
 from engine._lifecycle import LifecycleEvents
 from engine._replay import InstanceRun, TurnOutcome
@@ -43,7 +43,7 @@ from engine._resume_cache import KeptRun, ResumeCache
 from engine._runner import StepJob, StepRunner
 from engine._store._database import Database
 from engine._store._decided_turns import DecidedTurn, writable_alone, write_decided_turns
-from engine._store._events import IncomingEvent, store_events_txn
+from engine._store._events import IncomingEvent, check_takes_events, store_events_txn
 from engine._store._gates import SlotsContended, wants_slot
 from engine._store._instances import NewInstance, create_from_message_txn, existing_ids
 from engine._store._rows import dedup_key
@@ -58,7 +58,12 @@ from engine._store._turns import (
 )
 from sdk._config import check_event_type, check_instance_id
 from sdk._workflow import WorkflowEntrypoint
-from sdk.errors import LimitExceededError, ValidationError
+from sdk.errors import (
+    InstanceNotFoundError,
+    InvalidTransitionError,
+    LimitExceededError,
+    ValidationError,
+)
 
 log = structlog.get_logger("warren.turn")
 
@@ -321,14 +326,12 @@ class TurnLoop:
             statuses = await store_events_txn(conn, workflow, [e for _, e in incoming], now_ms())
         stored: list[tuple[Delivery, str]] = []
         for (delivery, event), status in zip(incoming, statuses, strict=True):
-            if status is None:
-                reason = f"no instance {event.instance_id!r} in workflow {workflow!r}"
-            elif status in FINISHED_STATUSES:
-                reason = f"instance {event.instance_id!r} is {status}; it takes no more events"
-            else:
-                stored.append((delivery, event.instance_id))
+            try:
+                check_takes_events(workflow, event.instance_id, status)
+            except (InstanceNotFoundError, InvalidTransitionError) as refused:
+                await _reject(delivery, str(refused))
                 continue
-            await _reject(delivery, reason)
+            stored.append((delivery, event.instance_id))
         return stored
 
     async def _turns(
@@ -703,7 +706,6 @@ def _incoming_event(workflow: str, delivery: Delivery) -> IncomingEvent:
     except orjson.JSONDecodeError as exc:
         raise ValidationError(f"event payload is not JSON: {exc}") from None
     return IncomingEvent(instance_id, event_type, delivery.body.decode(), delivery.message_id)
-
 
 
 def _by_instance(results: Sequence[AttemptResult]) -> dict[int, list[AttemptResult]]:

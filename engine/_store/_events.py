@@ -13,6 +13,7 @@ from engine._store._batching import padded
 from engine._store._dialects import conflict_insert
 from engine._store._rows import dedup_key
 from engine._store._schema import events, instances
+from sdk.errors import InstanceNotFoundError, InvalidTransitionError
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,3 +56,18 @@ async def store_events_txn(
         await conn.execute(insert_(events).on_conflict_do_nothing(), rows)
     return [str(found[e.instance_id].status) if e.instance_id in found else None
             for e in incoming]
+
+
+def check_takes_events(workflow: str, instance_id: str, status: str | None) -> None:
+    """Raise unless an instance in ``status`` (as :func:`store_events_txn` returns it)
+    takes events.
+
+    Raises:
+        InstanceNotFoundError: There is no such instance (``None``).
+        InvalidTransitionError: It has finished.
+    """
+    if status is None:
+        raise InstanceNotFoundError(f"no instance {instance_id!r} in workflow {workflow!r}")
+    if status in FINISHED_STATUSES:
+        raise InvalidTransitionError(
+            f"instance {instance_id!r} is {status}; it takes no more events")

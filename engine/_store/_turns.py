@@ -257,10 +257,12 @@ async def reset_history_txn(
             timers.c.instance_pk == snap.pk, timers.c.step_key.in_(keys)))
         await conn.execute(delete(events).where(
             events.c.instance_pk == snap.pk, events.c.consumed_by.in_(keys)))
-    abandoned = locked(steps, s.instance_pk == snap.pk, s.state == h.RUNNING, s.attempt >= 1,
-                       s.attempt_token.is_(None), s.attempt_outcome.is_(None))
-    await conn.execute(update(steps).where(joined(steps, abandoned)).values(
-        attempt_outcome="error", error=_ABANDONED, ended_at_ms=now_ms))
+    if from_step is not None:  # a full reset kept no step
+        abandoned = locked(steps, s.instance_pk == snap.pk, s.state == h.RUNNING,
+                           s.attempt >= 1, s.attempt_token.is_(None),
+                           s.attempt_outcome.is_(None))
+        await conn.execute(update(steps).where(joined(steps, abandoned)).values(
+            attempt_outcome="error", error=_ABANDONED, ended_at_ms=now_ms))
     await conn.execute(update(instances).where(instances.c.pk == snap.pk).values(
         control=None, status=h.STATUS_RUNNING, output=None, error=None, ended_at_ms=None,
         rollback=None, paused=False))
