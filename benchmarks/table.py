@@ -120,6 +120,12 @@ def peer_table(lines: Sequence[Line]) -> list[str]:
         lambda x: (f"{_n(x.get('per_step_ms.10'), 1)} / {_n(x.get('per_step_ms.100'), 1)} / "
                    f"{_n(x.get('per_step_ms.1000'), 1)} ({_n(x.get('ratio'), 2)})"),
         lambda x: x.get("per_step_ms.1000"))
+    row("scale-out, steps/s at 1 / 2 / 4 workers, created during the run; ratio at 2 "
+        "(`scale-out --compare`; peers: DBOS queue workers, Celery pool processes)",
+        "scale-out",
+        lambda x: f"{_curve(x.median.get('curve', {}))} "
+                  f"(2 ÷ 1 {_times(x.get('speedup_2_over_1'))})",
+        lambda x: x.get("curve.2"))
     out = ["| scenario | Warren | DBOS | Celery | Warren ÷ peer |", "|---|---|---|---|---|"]
     for label, warren, peers, ratio in rows:
         out.append(f"| {label} | {warren} | {peers.get('dbos', MISSING)} | "
@@ -141,7 +147,7 @@ def _judged_curve(part: Mapping[str, Any]) -> str:
 def warren_table(lines: Sequence[Line]) -> list[str]:
     """Rows of the scenarios only Warren runs (one per invocation of ``scale-out``)."""
     out = ["| scenario | result |", "|---|---|"]
-    for line in (x for x in lines if x.scenario == "scale-out"):
+    for line in (x for x in lines if x.scenario == "scale-out" and x.engine == "warren"):
         m, backlog = line.median, line.median.get("backlog", {})
         n = line.params.get("n") or m.get("instances")
         busy = " / ".join(f"{v['busy_pct']:.0f} %" for _, v in sorted(

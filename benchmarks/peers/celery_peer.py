@@ -21,6 +21,7 @@ import asyncpg
 from celery import Celery, chain
 
 from benchmarks._isolation import fresh_broker, fresh_database, sqlalchemy_url
+from benchmarks._load import CpuWindow
 from benchmarks._options import Options
 from benchmarks._probe import PgProbe, activity_per_step, pg_activity
 from benchmarks._procs import ProcessGroup, python
@@ -91,12 +92,14 @@ async def throughput(opts: Options, n: int) -> dict[str, Any]:
             for _ in range(n):
                 _chain(st.app, NOOP).apply_async()
 
+        window = CpuWindow(st.workers.cpu_seconds)
         t0 = time.time()
         await asyncio.to_thread(send_all)
         sent_s = time.time() - t0
         seen = await until(lambda: _has(st.probe, STEPS * (n + 1)), limit_s=120 + n * 0.2,
                            interval=0.05, what=f"{n} celery chains",
                            alive=st.workers.check_alive)
+        machine = window.stop()
         rows = await st.probe.fetch(
             "SELECT extract(epoch FROM max(date_done)) FROM celery_taskmeta")
         recorded = float(rows[0][0])
@@ -110,7 +113,7 @@ async def throughput(opts: Options, n: int) -> dict[str, Any]:
             "steps_per_s": rate(n * STEPS, elapsed), "create_phase_s": round(sent_s, 3),
             "worker_cpu_s": round(cpu_s, 2),
             "worker_cpu_ms_per_step": round(cpu_s / (n * STEPS) * 1000, 3),
-            "worker_rss_mb": round(rss / 2**20, 1),
+            "worker_rss_mb": round(rss / 2**20, 1), "machine": machine,
             "sql": activity_per_step(sql_before, await pg_activity(st.probe), n * STEPS),
             "creation": {"create_single_per_s": rate(n, sent_s)},
             "config": {"pool": "prefork", "concurrency": st.concurrency,

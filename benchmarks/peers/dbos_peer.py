@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from dbos import DBOS, DBOSClient, WorkflowHandle
 
 from benchmarks._isolation import fresh_database, sqlalchemy_url
+from benchmarks._load import CpuWindow
 from benchmarks._options import Options
 from benchmarks._probe import PgProbe, activity_per_step, pg_activity
 from benchmarks._procs import ProcessGroup, python
@@ -132,11 +133,13 @@ async def _throughput_queue(dsn: str, probe: PgProbe, n: int, workers: ProcessGr
 
         cpu_before = workers.cpu_seconds()
         sql_before = await pg_activity(probe)
+        window = CpuWindow(workers.cpu_seconds)
         t0 = time.time()
         await asyncio.to_thread(enqueue_all)
         created_s = time.time() - t0
         await until(lambda: _at_least(probe, "noop3", n), limit_s=120 + n * 0.2, interval=0.05,
                     what=f"{n} DBOS workflows", alive=workers.check_alive)
+        machine = window.stop()
         elapsed = await _last_completion_s(probe, "noop3") - t0
         cpu_s, rss = workers.cpu_seconds() - cpu_before, workers.rss_bytes()
         workers.stop()  # makes PostgreSQL publish their final counters
@@ -144,7 +147,7 @@ async def _throughput_queue(dsn: str, probe: PgProbe, n: int, workers: ProcessGr
         return _throughput_result(n, elapsed, created_s) | {
             "workers": opts.workers, "worker_cpu_s": round(cpu_s, 2),
             "worker_cpu_ms_per_step": round(cpu_s / (n * STEPS) * 1000, 3),
-            "worker_rss_mb": round(rss / 2**20, 1),
+            "worker_rss_mb": round(rss / 2**20, 1), "machine": machine,
             "sql": activity_per_step(sql_before, await pg_activity(probe), n * STEPS),
         }
     finally:

@@ -74,8 +74,10 @@ SCENARIOS: dict[str, Scenario] = {s.name: s for s in (
              "many sleeping instances: lateness, early count, worker RSS with N/20 vs N parked",
              WARREN_ENGINES, ("lateness_ms", "early", "rss_mb")),
     Scenario("scale-out", "scale_out",
-             "throughput with 1, 2, 4 worker processes; also with the instances created first",
-             ("warren",), ("curve", "speedup_2_over_1", "backlog", "machine")),
+             "throughput with 1, 2, 4 worker processes; Warren also with the instances "
+             "created first", ("warren", *PEERS), ("curve", "speedup_2_over_1", "machine"),
+             (("curve.1", "higher"), ("curve.2", "higher"), ("curve.4", "higher"),
+              ("speedup_2_over_1", "higher"))),
     Scenario("events", "events",
              "N instances waiting for an event; event -> step start latency",
              WARREN_ENGINES, ("available",)),

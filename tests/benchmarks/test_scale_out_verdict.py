@@ -93,3 +93,36 @@ def test_the_cli_tells_each_run_its_index() -> None:
         patch.setattr(type(scenario), "runner", lambda self: runner)
         assert asyncio.run(_run_cli(scenario, ["warren"], Options(runs=3), False)) == 0
     assert seen == [0, 1, 2]
+
+
+async def test_a_peer_runs_the_same_curve_with_as_many_worker_processes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[tuple[str, int, int, str]] = []
+
+    async def throughput(engine: str, opts: Options, n: int) -> dict[str, Any]:
+        seen.append((engine, opts.workers, opts.celery_concurrency, opts.dbos_mode))
+        count = opts.workers if engine == "dbos" else opts.celery_concurrency
+        return {"steps_per_s": 10.0 * count, "create_phase_s": 0.1,
+                "machine": {"busy_pct": 20.0 * count}}
+
+    monkeypatch.setattr(scale_out, "_peer_throughput", throughput)
+    dbos = await scale_out.run("dbos", Options(run_index=1, celery_concurrency=2))
+    celery = await scale_out.run("celery", Options(run_index=0, workers=2))
+    # DBOS scales by queue worker processes (queue mode), Celery by pool processes; the
+    # order of the counts alternates as Warren's does.
+    assert seen == [("dbos", 4, 2, "queue"), ("dbos", 2, 2, "queue"), ("dbos", 1, 2, "queue"),
+                    ("celery", 2, 1, "auto"), ("celery", 2, 2, "auto"),
+                    ("celery", 2, 4, "auto")]
+    for result in (dbos, celery):
+        assert result["curve"] == {"1": 10.0, "2": 20.0, "4": 40.0}
+        assert result["machine"]["4"] == {"busy_pct": 80.0}
+        assert "backlog" not in result
+    # Its line is judged like Warren's burst curve.
+    line = _line(SCENARIOS["scale-out"], "dbos", Options(runs=1), [dbos], {})
+    assert line["median"]["speedup_2_over_1"] == 2.0 and line["median"]["never_falls"]
+
+
+def test_scale_out_runs_dbos_only_in_queue_mode() -> None:
+    with pytest.raises(ValueError, match="queue worker processes"):
+        scale_out.peer_options("dbos", Options(dbos_mode="inprocess"), 2)

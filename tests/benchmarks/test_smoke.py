@@ -138,3 +138,10 @@ def test_throughput_smoke_counts_its_sql_writes(outcomes: dict[str, Outcome]) ->
     # closing the client's connections at the right time).
     assert round(4 / 3, 3) <= sql["inserted_per_step"] < 4 / 3 + 1, sql  # rounded as reported
     assert 0 < sql["hot_updated_per_step"] <= sql["updated_per_step"], sql
+
+
+@pytest.mark.timeout(LIMIT_S * 4)
+def test_scale_out_smoke_also_measures_warren_on_a_backlog(outcomes: dict[str, Outcome]) -> None:
+    backlog = _the_run(outcomes, "scale-out")["backlog"]
+    assert set(backlog["curve"]) == set(backlog["machine"]) == {"1", "2"}  # the smoke counts
+    assert all(v > 0 for v in backlog["curve"].values()), backlog

@@ -49,7 +49,9 @@ def test_rows_take_the_medians_and_ratios_of_the_lines(tmp_path: Path) -> None:
          "backlog": {"curve": {"1": 1100.0, "2": 1500.0, "4": 1600.0},
                      "speedup_2_over_1": 1.364, "never_falls": True,
                      "machine": {"1": {"busy_pct": 70.0}, "2": {"busy_pct": 95.0},
-                                 "4": {"busy_pct": 98.0}}}}, n=None))
+                                 "4": {"busy_pct": 98.0}}}}, n=None) + b"\n" + _line(
+        "scale-out", "dbos", {"instances": 2000, "curve": {"1": 100.0, "2": 175.0, "4": 200.0},
+                              "speedup_2_over_1": 1.75, "never_falls": True}, n=None))
     out = "\n".join(tables(tmp_path))
     assert ("| throughput, steps/s (`throughput --compare`) | 3,000 | 250 | \u2013 | "
             "12.00\u00d7 DBOS |") in out
@@ -57,4 +59,9 @@ def test_rows_take_the_medians_and_ratios_of_the_lines(tmp_path: Path) -> None:
     assert "| 9.0 / 20.0 | \u2013 | \u2013 |  |" in out  # no peer latency: no ratio
     assert "1,000 / 1,400 / 1,300 (2 \u00f7 1 1.40\u00d7, never falls: yes)" in out
     assert "machine busy (backlog) 70 % / 95 % / 98 %" in out
+    # The peers' curves stand beside Warren's burst curve, compared at 2 workers ...
+    assert ("| 1,000 / 1,400 / 1,300 (2 \u00f7 1 1.40\u00d7) | 100 / 175 / 200 "
+            "(2 \u00f7 1 1.75\u00d7) | \u2013 | 8.00\u00d7 DBOS |") in out
+    # ... and have no row of Warren's own.
+    assert out.count("(`so.jsonl`)") == 1
     assert "fan-out" not in out  # no lines, no row
