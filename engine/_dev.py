@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -21,7 +21,6 @@ from sqlalchemy.engine import make_url
 
 from engine._gc import tune_gc_for_serving
 from engine._http._remote import DEFAULT_API_URL
-from engine._loader import load_module, workflows_in
 from engine._settings import Settings
 from engine._worker import Worker
 from sdk import Client, InstanceStatus, WorkflowEntrypoint
@@ -30,28 +29,6 @@ from sdk.errors import ValidationError
 log = structlog.get_logger("warren.dev")
 
 FINISHED = frozenset({"complete", "errored", "terminated"})
-
-
-def select_workflows(
-    modules: Sequence[str], names: Iterable[str] = ()
-) -> list[type[WorkflowEntrypoint]]:
-    """The workflows defined in ``modules`` (files or dotted names), optionally only ``names``.
-
-    Raises:
-        ValidationError: a module cannot be found, a named workflow is missing, or none found.
-    """
-    found = workflows_in(load_module(m) for m in modules)
-    wanted = {n.strip() for n in names if n.strip()}
-    if wanted:
-        missing = wanted - {w.name for w in found}
-        if missing:
-            raise ValidationError(
-                f"no workflow named {', '.join(sorted(missing))} in {' '.join(modules)}"
-            )
-        found = [w for w in found if w.name in wanted]
-    if not found:
-        raise ValidationError(f"no WorkflowEntrypoint subclass found in {' '.join(modules)}")
-    return found
 
 
 def _on_stop_signals(stop: Callable[[], object]) -> None:

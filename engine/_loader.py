@@ -7,7 +7,7 @@ import importlib.util
 import inspect
 import sys
 import traceback
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -72,3 +72,25 @@ def workflows_in(modules: Iterable[ModuleType]) -> list[type[WorkflowEntrypoint]
                     and not inspect.isabstract(obj) and obj.__module__ == module.__name__):
                 found[obj.name] = obj
     return list(found.values())
+
+
+def select_workflows(
+    modules: Sequence[str], names: Iterable[str] = ()
+) -> list[type[WorkflowEntrypoint]]:
+    """The workflows defined in ``modules`` (files or dotted names), optionally only ``names``.
+
+    Raises:
+        ValidationError: a module cannot be found, a named workflow is missing, or none found.
+    """
+    found = workflows_in(load_module(m) for m in modules)
+    wanted = {n.strip() for n in names if n.strip()}
+    if wanted:
+        missing = wanted - {w.name for w in found}
+        if missing:
+            raise ValidationError(
+                f"no workflow named {', '.join(sorted(missing))} in {' '.join(modules)}"
+            )
+        found = [w for w in found if w.name in wanted]
+    if not found:
+        raise ValidationError(f"no WorkflowEntrypoint subclass found in {' '.join(modules)}")
+    return found
