@@ -8,14 +8,14 @@ PYTEST_ARGS ?=
 .PHONY: help install test lint bench
 
 help:
-	@echo "make install   create $(VENV) and install warren with the dev extras"
+	@echo "make install   create $(VENV) and install warren with the dev and bench extras"
 	@echo "make test      run the test suite      (PY=$(PY), extra args: PYTEST_ARGS=...)"
 	@echo "make lint      ruff check, mypy"
 	@echo "make bench     throughput and latency against DBOS and Celery (pip install -e .[bench])"
 
 install:
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -e '.[dev]'
+	$(VENV)/bin/python -m pip install -e '.[dev,bench]'
 
 # pytest exits 5 when it collects no tests; make treats that as a failure too.
 test:

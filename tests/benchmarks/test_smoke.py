@@ -1,14 +1,17 @@
 """Every benchmark scenario's smoke mode runs and prints a valid JSON line (benchmarks never rot).
 
 Each scenario runs as ``python -m benchmarks <scenario> --smoke`` in a subprocess, exactly as
-a user would run it, on the embedded engine and on RabbitMQ + PostgreSQL. Peers (DBOS,
-Celery) are an optional extra and are not run here. The subprocesses are started together
-(a few at a time) by one module fixture so that the whole file stays within about a minute:
-smoke sizes are tiny and their figures are not looked at, only their shape.
+a user would run it, on the embedded engine, on RabbitMQ + PostgreSQL, and on each peer
+(DBOS, Celery) that runs it. The peers are the optional ``bench`` extra, which CI installs:
+without it their cases are skipped, except in CI, where that fails. The subprocesses are
+started together (a few at a time) by one module fixture so that the whole file stays
+within about a minute and a half: smoke sizes are tiny and their figures are not looked
+at, only their shape.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import socket
@@ -22,7 +25,8 @@ from typing import Any
 
 import pytest
 
-from benchmarks.scenarios import SCENARIOS
+from benchmarks._cli import PEER_PACKAGES
+from benchmarks.scenarios import PEERS, SCENARIOS
 from tests.helpers import in_ci
 
 REPO = Path(__file__).resolve().parents[2]
@@ -41,7 +45,7 @@ class Case:
 
 
 CASES = [Case(name, engine) for name, s in SCENARIOS.items()
-         for engine in ("warren-embedded", "warren") if engine in s.engines]
+         for engine in ("warren-embedded", "warren", *PEERS) if engine in s.engines]
 
 
 @dataclass
@@ -77,9 +81,15 @@ def outcomes() -> Iterator[dict[str, Outcome]]:
     services = _reachable(5432) and _reachable(5672)
     if not services and in_ci():
         pytest.fail("PostgreSQL/RabbitMQ unreachable (required when CI=true)")
-    cases = [c for c in CASES if services or c.engine == "warren-embedded"]
-    # Longest first (real services, then scale-out's two deployments), so none starts last.
-    cases.sort(key=lambda c: (c.engine != "warren", c.scenario != "scale-out"))
+    missing = sorted({p for p in PEERS if importlib.util.find_spec(PEER_PACKAGES[p]) is None})
+    if missing and in_ci():
+        pytest.fail(f"peer packages missing: {missing} (CI installs the bench extra)")
+    cases = [c for c in CASES if (services or c.engine == "warren-embedded")
+             and c.engine not in missing]
+    # Longest first (scale-out's several deployments, the peers' worker start-up, real
+    # services), so none starts last.
+    cases.sort(key=lambda c: (c.scenario != "scale-out", c.engine not in PEERS,
+                              c.engine != "warren"))
     with ThreadPoolExecutor(PARALLEL) as pool:
         yield dict(zip([c.id for c in cases], pool.map(_run, cases), strict=True))
 
@@ -88,7 +98,7 @@ def outcomes() -> Iterator[dict[str, Outcome]]:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_smoke_prints_a_valid_json_line(case: Case, outcomes: dict[str, Outcome]) -> None:
     if case.id not in outcomes:
-        pytest.skip("PostgreSQL/RabbitMQ unreachable")
+        pytest.skip("PostgreSQL/RabbitMQ unreachable, or the peer is not installed")
     outcome = outcomes[case.id]
     assert outcome.returncode == 0, outcome.stderr
     assert len(outcome.lines) == 1, outcome.lines
