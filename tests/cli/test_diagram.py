@@ -90,7 +90,7 @@ def test_the_structure_follows_the_code(tmp_path: Path) -> None:
     drawn = diagram_of(_load(tmp_path)["transfer"]).to_dict()
     assert drawn == {"workflow": "transfer", "steps": [
         _step("do", "get quote", 10),
-        _step("do", "debit a", 13, rollback=True),  # the decorated form, run where called
+        _step("do", "debit a", 12, rollback=True),  # the decorated form, run where called
         {"type": "parallel", "branches": [[_step("do", "a", 21)], [_step("do", "b", 21)]]},
         {"type": "loop", "over": "for i in p['items']", "parallel": True,
          "steps": [_step("do", "charge {i}", 22)]},
@@ -105,6 +105,7 @@ def test_the_structure_follows_the_code(tmp_path: Path) -> None:
          "handlers": [{"on": "on StepFailedError", "steps": [_step("do", "notify", 32)]}]},
         # A helper method handed the step object (under another name) is followed.
         _step("sleep_until", "cut-off", 37, until="p['at']"),
+        {"type": "return", "line": 34},
     ]}
 
 
@@ -148,9 +149,9 @@ def test_dependencies_run_first_and_together_when_concurrent(tmp_path: Path) -> 
     drawn = diagram_of(_load(tmp_path)["settle"]).to_dict()
     # `report` takes `settle` by parameter name, `settle` depends on both fetches.
     assert drawn["steps"] == [
-        {"type": "parallel", "branches": [[_step("do", "fetch a", 43)],
-                                          [_step("do", "fetch b", 47)]]},
-        _step("do", "settle", 51), _step("do", "report", 55)]
+        {"type": "parallel", "branches": [[_step("do", "fetch a", 42)],
+                                          [_step("do", "fetch b", 46)]]},
+        _step("do", "settle", 50), _step("do", "report", 54)]
 
 
 def test_the_mermaid_flowchart_draws_every_path(tmp_path: Path) -> None:
@@ -205,7 +206,10 @@ def test_the_command_prints_mermaid_or_json(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     drawn = orjson.loads(result.stdout)
     assert drawn["workflow"] == "order-processing"
-    assert [s["name"] for s in drawn["steps"]][:2] == ["reserve inventory", "charge payment"]
+    assert [s.get("name") for s in drawn["steps"]] == [
+        "reserve inventory", "charge payment", "send confirmation email", "save to database",
+        None]  # the return
+    assert drawn["steps"][-1]["type"] == "return"
 
 
 def test_the_command_needs_one_workflow(tmp_path: Path) -> None:
@@ -235,3 +239,165 @@ def test_a_recursive_helper_is_read_once_and_quotes_are_escaped(tmp_path: Path) 
     drawn = diagram_of(workflow)
     assert drawn.to_dict()["steps"] == [_step("do", 'try "{n}"', 9)]
     assert '["try #quot;{n}#quot;"]' in drawn.mermaid()
+
+
+TRICKY = '''
+import asyncio
+import asyncio as aio
+from sdk import WorkflowEntrypoint
+
+SQL = """
+SELECT 1
+"""
+
+
+class Tricky(WorkflowEntrypoint):
+    async def run(self, event, step, /):
+        q = """
+SELECT 2
+"""
+        while not await step.do("poll", lambda: q):
+            await step.sleep(name="nap", duration="5 seconds")
+        try:
+            int(event.payload)
+        except ValueError:
+            await step.do("report bad input", lambda: 1)
+        else:
+            await step.do("after parse", lambda: 1)
+
+        async def ship(i):
+            await step.do(f"pack {i}", lambda: i)
+            await step.do(f"send {i}", lambda: i)
+
+        await aio.gather(*[ship(i) for i in range(2)])
+        tasks = [step.do(f"t {i}", lambda: i) for i in await step.do("list", lambda: [1])]
+        await asyncio.gather(*tasks)
+        await asyncio.gather(*[step.do("x", lambda: 1), step.do("y", lambda: 2)])
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(step.do("tg a", lambda: 1))
+            tg.create_task(step.do("tg b", lambda: 2))
+        await (step.do("then", lambda: 1) if event.payload else step.do("otherwise", lambda: 2))
+        await step.wait_for_event("approval", event_type="approved")
+        await self.helper(step, 1)
+        if event.payload == "stop":
+            raise ValueError("stopped")
+        return None
+
+    @staticmethod
+    async def helper(step, n):
+        await step.sleep_until("cut-off", when=n)
+
+
+class Dag(WorkflowEntrypoint):
+    async def run(self, event, step):
+        @step.do("load")
+        async def load():
+            return 1
+
+        @step.do("load again")
+        async def load(load):  # shadows the first: depends on it
+            return load
+
+        @step.do("d2")
+        async def d2():
+            return 2
+
+        @step.do("d1")
+        async def d1(d2):
+            return d2
+
+        @step.do("x", depends=[d1, d2], concurrent=True)
+        async def x(a, b):
+            return a
+
+        @step.do("c", depends=[d2])
+        async def c(d1):  # depends= replaces the parameter-name rule
+            return d1
+
+        if event.payload:
+            await d1()
+        else:
+            await c()
+        await x()
+        await load()
+'''
+
+
+def _tricky(tmp_path: Path) -> dict[str, type[WorkflowEntrypoint]]:
+    (tmp_path / "tricky.py").write_text(TRICKY)
+    return {w.name: w for w in workflows_in([load_module(str(tmp_path / "tricky.py"))])}
+
+
+def test_patterns_the_reading_must_follow(tmp_path: Path) -> None:
+    steps = diagram_of(_tricky(tmp_path)["tricky"]).to_dict()["steps"]
+    assert steps == [
+        # A while condition runs before every pass; keyword arguments are read.
+        {"type": "loop", "over": "while not await step.do('poll', lambda: q)",
+         "parallel": False,
+         "steps": [_step("do", "poll", 16), _step("sleep", "nap", 17, duration="5 seconds")]},
+        # A try whose body has no step still has its handler; else is not guarded.
+        {"type": "try", "steps": [], "handlers": [
+            {"on": "on ValueError", "steps": [_step("do", "report bad input", 21)]}]},
+        _step("do", "after parse", 23),
+        # A local function's steps, an item per element, all at once (any gather).
+        {"type": "loop", "over": "for i in range(2)", "parallel": True,
+         "steps": [_step("do", "pack {i}", 26), _step("do", "send {i}", 27)]},
+        # Step calls not awaited one by one are started together; the iterable first.
+        _step("do", "list", 30),
+        {"type": "loop", "over": "for i in await step.do('list', lambda: [1])",
+         "parallel": True, "steps": [_step("do", "t {i}", 30)]},
+        {"type": "parallel", "branches": [[_step("do", "x", 32)], [_step("do", "y", 32)]]},
+        {"type": "parallel", "branches": [[_step("do", "tg a", 34)],
+                                          [_step("do", "tg b", 35)]]},
+        {"type": "decision", "question": "event.payload", "arms": [
+            {"when": "yes", "steps": [_step("do", "then", 36)]},
+            {"when": "no", "steps": [_step("do", "otherwise", 36)]}]},
+        _step("wait_for_event", "approval", 37, event_type="approved"),
+        _step("sleep_until", "cut-off", 45, until="n"),  # a static helper
+        {"type": "decision", "question": "event.payload == 'stop'", "arms": [
+            {"when": "yes", "steps": [{"type": "raise", "line": 40}]},
+            {"when": "no", "steps": []}]},
+        {"type": "return", "line": 41},
+    ]
+
+
+def test_decorated_steps_follow_the_sdk_dependency_rules(tmp_path: Path) -> None:
+    steps = diagram_of(_tricky(tmp_path)["dag"]).to_dict()["steps"]
+    assert steps == [
+        {"type": "decision", "question": "event.payload", "arms": [
+            {"when": "yes", "steps": [_step("do", "d2", 58), _step("do", "d1", 62)]},
+            # c depends on d2 only (depends= wins over its parameter named d1).
+            {"when": "no", "steps": [_step("do", "d2", 58), _step("do", "c", 70)]}]},
+        # d2 ran in both arms; d1 in one only, so x may still need it (once, with d2's).
+        _step("do", "d1", 62), _step("do", "x", 66),
+        # The second `load` depends on the first, not on itself.
+        _step("do", "load", 50), _step("do", "load again", 54),
+    ]
+
+
+def test_paths_end_at_return_and_raise_and_boxes_hold_only_their_steps() -> None:
+    text = diagram_of(workflows_in([load_module(str(REPO / "examples" / "approval.py"))])[0]
+                      ).mermaid()
+    lines = [line.strip() for line in text.splitlines()]
+    nodes = {m.group(2): m.group(1) for line in lines
+             if (m := re.match(r'(n\d+)(?:\[/|\[|\{)"(.*?)"', line))}
+    box = lines.index('subgraph try2 ["try"]')
+    # Mermaid puts a node in the box where it is first mentioned: only the waited event.
+    assert lines[box + 1:lines.index("end", box)] == [
+        'n3[/"wait for event: wait for approval (approval)"/]']
+    assert lines.index(f"start --> {nodes['notify approver']}") > lines.index("end", box)
+    assert 'try2 -.->|"on WorkflowTimeoutError"| finish' in lines  # returns "expired"
+    question = nodes["not decision.payload.get('approved')?"]
+    assert f'{question} -->|"yes"| finish' in lines  # returns "rejected"
+    assert f'{question} -->|"no"| {nodes["pay out"]}' in lines
+    assert f"{nodes['pay out']} --> finish" in lines
+
+
+def test_labels_show_what_mermaid_would_otherwise_interpret(tmp_path: Path) -> None:
+    (tmp_path / "labels.py").write_text(
+        "from sdk import WorkflowEntrypoint\n\n\n"
+        "class Labels(WorkflowEntrypoint):\n"
+        "    async def run(self, event, step):\n"
+        "        await step.do('order #42; <b>`x`</b>', lambda: 1)\n")
+    (workflow,) = workflows_in([load_module(str(tmp_path / "labels.py"))])
+    assert '["order #35;42; #lt;b#gt;#96;x#96;#lt;/b#gt;"]' in diagram_of(workflow).mermaid()
