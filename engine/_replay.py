@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from engine import _history as h
+from engine import _test_doubles
 from engine._codec import decode_json, error_dict, public_error, validate_json_value
 from engine._replay_loop import ReplayLoop
 from engine._saga import TERMINATED_ERROR, SagaMixin
@@ -130,7 +131,7 @@ class _ReplayStep(WorkflowStep):
         if delay > MAX_SLEEP:
             raise LimitExceededError(f"sleep {name!r} of {delay} exceeds the limit of 365 days")
         call = self._replay.call(h.SLEEP, name)
-        call.wake_at_ms = self._replay.now_ms + duration_ms(delay)
+        call.wake_at_ms = self._wake_at(self._replay.now_ms + duration_ms(delay))
         return call.future
 
     def sleep_until(self, name: str, when: datetime | float) -> asyncio.Future[None]:
@@ -145,7 +146,7 @@ class _ReplayStep(WorkflowStep):
         if wake_at_ms - self._replay.now_ms > duration_ms(MAX_SLEEP):
             raise LimitExceededError(f"sleep_until {name!r} is more than 365 days away")
         call = self._replay.call(h.SLEEP_UNTIL, name)
-        call.wake_at_ms = wake_at_ms
+        call.wake_at_ms = self._wake_at(wake_at_ms)
         return call.future
 
     def wait_for_event(
@@ -158,8 +159,18 @@ class _ReplayStep(WorkflowStep):
                 f"wait_for_event {name!r}: timeout {limit} exceeds the limit of 365 days")
         call = self._replay.call(h.WAIT_FOR_EVENT, name)
         call.event_type = event_type
-        call.wake_at_ms = self._replay.now_ms + duration_ms(limit)
+        doubles, inst = _test_doubles.active, self._replay.instance
+        forced = doubles is not None and doubles.event_timeout_forced(
+            inst.workflow, inst.instance_id, name)
+        call.wake_at_ms = self._replay.now_ms + (0 if forced else duration_ms(limit))
         return call.future
+
+    def _wake_at(self, wake_at_ms: int) -> int:
+        """When a sleep falls due: now, where a test disabled this instance's sleeps."""
+        doubles, inst = _test_doubles.active, self._replay.instance
+        if doubles is not None and doubles.sleeps_disabled(inst.workflow, inst.instance_id):
+            return min(wake_at_ms, self._replay.now_ms)
+        return wake_at_ms
 
     def report_progress(self, data: Any) -> None:
         validate_json_value(data, what="progress")

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import structlog
 
+from engine import _test_doubles
 from engine._clock import now_ms
 from engine._codec import encode_json, error_dict
 from engine._history import AttemptResult
@@ -98,9 +99,13 @@ class StepRunner:
             ctx = StepContext(StepInfo(a.name, a.count), a.attempt, a.config)
             ok, output = False, None
             error: dict[str, Any] | None = None
+            doubles = _test_doubles.active
+            double = (doubles.step(job.workflow, job.instance_id, a.name, a.attempt)
+                      if doubles is not None else None)
             try:
-                value = await asyncio.wait_for(_invoke(a.fn, ctx),
-                                               a.config.timeout.total_seconds())
+                value = (double.play() if double is not None else
+                         await asyncio.wait_for(_invoke(a.fn, ctx),
+                                                a.config.timeout.total_seconds()))
                 output = encode_json(value, what=f"output of step {a.name!r}")
                 ok = True
             except TimeoutError:
