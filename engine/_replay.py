@@ -21,7 +21,7 @@ from engine import _history as h
 from engine import _test_doubles
 from engine._codec import decode_json, error_dict, public_error, validate_json_value
 from engine._replay_loop import ReplayLoop
-from engine._saga import TERMINATED_ERROR, SagaMixin
+from engine._saga import ROLLBACK_PREFIX, TERMINATED_ERROR, SagaMixin
 from sdk._config import MAX_SLEEP, StepConfig, check_event_type, check_step_name
 from sdk._durations import Duration, duration_ms, parse_duration
 from sdk._workflow import (
@@ -67,6 +67,11 @@ class AttemptStart:
     fn: StepBody
     config: StepConfig
     token: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+
+    @property
+    def rollback(self) -> bool:
+        """Whether this is a rollback handler's attempt (its key is the handler's)."""
+        return self.key.startswith(ROLLBACK_PREFIX)
 
 
 @dataclass(slots=True)
@@ -161,7 +166,7 @@ class _ReplayStep(WorkflowStep):
         call.event_type = event_type
         doubles, inst = _test_doubles.active, self._replay.instance
         forced = doubles is not None and doubles.event_timeout_forced(
-            inst.workflow, inst.instance_id, name)
+            inst.workflow, inst.instance_id, name, event_type)
         call.wake_at_ms = self._replay.now_ms + (0 if forced else duration_ms(limit))
         return call.future
 
@@ -443,7 +448,8 @@ class InstanceRun(SagaMixin):
             error = record.error or {}
             ctx = StepContext(StepInfo(record.name, record.count), record.attempt, config)
             try:
-                wait = timedelta(0) if error.get("abandoned") else (
+                at_once = error.get("abandoned") or error.get(_test_doubles.MOCKED)
+                wait = timedelta(0) if at_once else (
                     config.retries.wait_after(
                         record.attempt, ctx,
                         RecordedError(str(error.get("name")), str(error.get("message")))))

@@ -100,8 +100,8 @@ class StepRunner:
             ok, output = False, None
             error: dict[str, Any] | None = None
             doubles = _test_doubles.active
-            double = (doubles.step(job.workflow, job.instance_id, a.name, a.attempt)
-                      if doubles is not None else None)
+            double = (doubles.step(job.workflow, job.instance_id, a.name, a.count, a.attempt)
+                      if doubles is not None and not a.rollback else None)
             try:
                 value = (double.play() if double is not None else
                          await asyncio.wait_for(_invoke(a.fn, ctx),
@@ -117,6 +117,8 @@ class StepRunner:
                 raise
             except Exception as exc:
                 error = error_dict(exc)
+            if error is not None and double is not None:
+                error[_test_doubles.MOCKED] = True
             bound.debug("step attempt ended", ok=ok, error=error)
         self._unflushed.add((job.instance_pk, a.key, a.token))
         self._results.append((job, AttemptResult(

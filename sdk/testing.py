@@ -16,9 +16,11 @@ SQLite store in a temporary directory, both gone when the block ends (or, given 
 URLs, on RabbitMQ and PostgreSQL), so workflows run through the same turns, replays and
 retries as in production. What a test registers
 through an introspector (mocked step results and errors, forced timeouts, mocked events,
-disabled sleeps) stays in force until the environment closes. One environment at a time
-per process. Virtual time (``env.clock.advance``) is not offered: disable the sleeps of
-the instances under test instead.
+disabled sleeps) stays in force until the environment closes; like Cloudflare's, register
+it before the instance gets there (a sleep already decided keeps its time). Mocked
+failures are retried as the step's config says, without the delay. One environment at a
+time per process. Virtual time (``env.clock.advance``) is not offered: disable the sleeps
+of the instances under test instead.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
 import structlog
 
 from engine import _test_doubles
@@ -57,7 +60,9 @@ class WorkflowTestEnv:
         workflows: The workflow classes to serve.
         timeout: Default seconds the ``wait_for_*`` methods wait.
         broker_url: A broker to run on instead of a fresh embedded one (``amqp://...``).
-        database_url: A store to run on instead of a fresh SQLite file.
+        database_url: A store to run on instead of a fresh SQLite file; it must hold this
+            environment's instances alone (the store has no namespace: another engine's
+            instances there would take this environment's doubles).
         namespace: Exchange and queue prefix (default: one of its own).
     """
 
@@ -118,22 +123,26 @@ class WorkflowTestEnv:
         self._relay = asyncio.create_task(self._relay_events(self._lifecycle))
 
     async def _stop(self) -> None:
-        try:
-            if self._relay is not None:
-                self._relay.cancel()
-                await asyncio.gather(self._relay, return_exceptions=True)
-            if self._lifecycle is not None:
-                await self._lifecycle.aclose()
-            if self._client is not None:
-                await self._client.close()
-            if self._worker is not None:
-                await self._worker.close()
-        finally:
-            _test_doubles.active = None
-            self._relay = self._lifecycle = self._client = self._worker = None
-            if self._dir is not None:
-                shutil.rmtree(self._dir, ignore_errors=True)
-                self._dir = None
+        """Close everything, each part even if another fails; raise the first failure."""
+        if self._relay is not None:
+            self._relay.cancel()
+            await asyncio.gather(self._relay, return_exceptions=True)
+        failures: list[BaseException] = []
+        for close in (self._lifecycle and self._lifecycle.aclose,
+                      self._client and self._client.close,
+                      self._worker and self._worker.close):
+            if close:
+                try:
+                    await close()
+                except Exception as exc:
+                    failures.append(exc)
+        _test_doubles.active = None
+        self._relay = self._lifecycle = self._client = self._worker = None
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            self._dir = None
+        if failures:
+            raise failures[0]
 
     def introspect(self, workflow: str, instance_id: str) -> InstanceIntrospector:
         """Doubles for one instance (created before or after), and waits on it."""
@@ -149,6 +158,7 @@ class WorkflowTestEnv:
 
     async def _add_event(self, target: Target, event_type: str, payload: Any) -> None:
         self._events.append((target, event_type, payload))
+        self._doubles.events.append((target, event_type))
         if target.instance_id is not None:  # the instance may exist already
             with contextlib.suppress(InstanceNotFoundError):
                 await self._send_events(target.workflow, target.instance_id)
@@ -190,28 +200,36 @@ class InstanceIntrospector:
     async def __aexit__(self, *exc_info: object) -> None:
         return None
 
-    async def mock_step_result(self, step: str, value: Any) -> None:
-        """Step ``step`` returns ``value`` without running its body."""
-        self._add_step(step, StepDouble("result", value=value))
+    async def mock_step_result(self, step: str, value: Any, *,
+                               occurrence: int | None = None) -> None:
+        """Step ``step`` returns ``value`` without running its body (at every occurrence
+        of the name, or the ``occurrence``-th, 1-based). Its rollback handler still runs."""
+        self._add_step(step, StepDouble("result", value=value, occurrence=occurrence))
 
-    async def mock_step_error(self, step: str, error: BaseException,
-                              times: int | None = None) -> None:
+    async def mock_step_error(self, step: str, error: Exception, times: int | None = None,
+                              *, occurrence: int | None = None) -> None:
         """Step ``step``'s attempts raise ``error`` (the first ``times`` ones, or all), as
-        its body would: retries and ``NonRetryableError`` apply as usual."""
-        if not isinstance(error, BaseException):
-            raise ValidationError("mock_step_error needs an exception instance")
+        its body would: retries (without their delay) and ``NonRetryableError`` apply. With
+        a mocked result too, the result comes after the failures."""
+        if not isinstance(error, Exception):
+            raise ValidationError("mock_step_error needs an Exception instance")
         if times is not None and times < 1:
             raise ValidationError("times must be at least 1")
-        self._add_step(step, StepDouble("error", error=error, times=times))
+        self._add_step(step, StepDouble("error", error=error, times=times,
+                                        occurrence=occurrence))
 
-    async def force_step_timeout(self, step: str) -> None:
+    async def force_step_timeout(self, step: str, *, occurrence: int | None = None) -> None:
         """Every attempt of step ``step`` times out (then retries as configured)."""
-        self._add_step(step, StepDouble("timeout"))
+        self._add_step(step, StepDouble("timeout", occurrence=occurrence))
 
     async def mock_event(self, event_type: str, payload: Any = None) -> None:
         """Send the instance an event of ``event_type`` as soon as it exists (with
         :meth:`WorkflowTestEnv.introspect_all`: each instance created from now on)."""
         check_event_type(event_type)
+        try:
+            orjson.dumps(payload)
+        except TypeError as exc:
+            raise ValidationError(f"mock_event payload is not JSON: {exc}") from None
         await self._env._add_event(self._target, event_type, payload)
 
     async def disable_sleeps(self) -> None:
@@ -219,13 +237,14 @@ class InstanceIntrospector:
         self._env._doubles.no_sleeps.append(self._target)
 
     async def force_event_timeout(self, step: str) -> None:
-        """``step.wait_for_event(step, ...)`` times out at once (unless the event is already
-        there): the workflow sees ``WorkflowTimeoutError``."""
+        """``step.wait_for_event(step, ...)`` times out at once: the workflow sees
+        ``WorkflowTimeoutError`` (unless an event of its type is mocked or already there)."""
         check_step_name(step)
         self._env._doubles.event_timeouts.append((self._target, step))
 
-    async def wait_for_step_result(self, step: str, timeout: float | None = None) -> Any:
-        """The output of step ``step`` once it succeeded.
+    async def wait_for_step_result(self, step: str, timeout: float | None = None, *,
+                                   occurrence: int = 1) -> Any:
+        """The output of step ``step`` (its ``occurrence``-th call) once it succeeded.
 
         Raises:
             StepFailedError: The step failed for good.
@@ -235,8 +254,10 @@ class InstanceIntrospector:
         while True:
             status = await self._status()
             if status is not None:
-                for record in status.to_dict()["steps"]:
-                    if record["name"] != step or record["end"] is None:
+                calls = [r for r in status.to_dict()["steps"]
+                         if r["name"] == step and r["type"] != "rollback"]
+                for record in calls[occurrence - 1:occurrence]:
+                    if record["end"] is None:
                         continue
                     if record["success"]:
                         return record["output"]
@@ -253,11 +274,18 @@ class InstanceIntrospector:
 
     async def wait_for_status(self, status: str | Iterable[str],
                               timeout: float | None = None) -> InstanceStatus:
-        """Wait until the instance's status is ``status`` (one or several)."""
+        """Wait until the instance exists and its status is ``status`` (one or several)."""
+        limit = self._env.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        while await self._status() is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"instance {self._instance_id!r} does not exist after "
+                                   f"{limit}s")
+            await asyncio.sleep(0.02)
         instance = await self._env.client.workflow(self._target.workflow).get(
             self._instance_id)
         return await instance.wait_for_status(
-            status, timeout=self._env.timeout if timeout is None else timeout)
+            status, timeout=max(deadline - time.monotonic(), 0.0))
 
     def _add_step(self, step: str, double: StepDouble) -> None:
         check_step_name(step)

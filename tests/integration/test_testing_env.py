@@ -7,6 +7,9 @@ they act on real turns, not on a simulation of them.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +17,7 @@ import pytest
 
 import sdk.testing
 from engine import _test_doubles
-from sdk import NonRetryableError, WorkflowEntrypoint, WorkflowEvent, WorkflowStep
+from sdk import NonRetryableError, Subscription, WorkflowEntrypoint, WorkflowEvent, WorkflowStep
 from sdk.errors import StepFailedError, ValidationError, WorkflowTimeoutError
 from sdk.testing import WorkflowTestEnv
 from tests.stacks import Stack
@@ -46,10 +49,10 @@ class Moderate(WorkflowEntrypoint):
         return {"score": scan_result["score"], "decision": decision, "published": published}
 
 
-def _env(stack: Stack) -> WorkflowTestEnv:
+def _env(stack: Stack, workflow: type[WorkflowEntrypoint] = Moderate) -> WorkflowTestEnv:
     if stack.name == "memory-sqlite":
-        return WorkflowTestEnv(workflows=[Moderate])  # its own broker and store
-    return WorkflowTestEnv(workflows=[Moderate], broker_url=stack.broker_url,
+        return WorkflowTestEnv(workflows=[workflow])  # its own broker and store
+    return WorkflowTestEnv(workflows=[workflow], broker_url=stack.broker_url,
                            database_url=stack.database_url, namespace=stack.namespace)
 
 
@@ -131,3 +134,98 @@ async def test_each_environment_is_isolated_and_cleaned_up(tmp_path: Path) -> No
 
 def test_the_module_exports_the_environment() -> None:
     assert sorted(sdk.testing.__all__) == ["InstanceIntrospector", "WorkflowTestEnv"]
+
+
+REFUNDS: list[str] = []
+
+
+class Transfer(WorkflowEntrypoint):
+    name = "transfer"
+
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        @step.do("debit")
+        async def debit() -> str:
+            return "debited"
+
+        @debit.rollback
+        async def refund(ctx: Any) -> None:
+            REFUNDS.append(str(ctx.output))
+
+        await debit()
+        first = await step.do("fetch", _fetch)  # default retries: 10 s, then 20 s
+        second = await step.do("fetch", _fetch)
+        received = await step.wait_for_event("go", "go", timeout="1 hour")
+        if event.payload.get("fail"):
+            await step.do("credit", _fail, retries={"limit": 0})
+        return [first, second, received.payload]
+
+
+async def _fetch() -> str:
+    return "real"
+
+
+async def _fail() -> None:
+    raise NonRetryableError("credit refused")
+
+
+async def test_a_mocked_step_keeps_its_rollback(stack: Stack) -> None:
+    REFUNDS.clear()
+    async with _env(stack, Transfer) as env:
+        i = env.introspect("transfer", "t-1")
+        await i.mock_step_result("debit", "mocked debit")
+        await i.mock_event("go", "now")
+        await env.client.workflow("transfer").create(id="t-1", params={"fail": True})
+        status = await i.wait_for_status("errored")
+        assert status.to_dict()["rollback"]["outcome"] == "complete"
+        assert REFUNDS == ["mocked debit"]  # the handler ran, with the mocked output
+
+
+async def test_doubles_combine_by_attempt_and_occurrence_and_skip_retry_delays() -> None:
+    async with WorkflowTestEnv(workflows=[Transfer], timeout=10) as env:
+        i = env.introspect("transfer", "t-2")
+        # Registered in either order: the failures come first, then the result. Only the
+        # second "fetch" is mocked; its default retry delays (10 s, 20 s) are skipped.
+        await i.mock_step_result("fetch", "mocked", occurrence=2)
+        await i.mock_step_error("fetch", RuntimeError("flaky"), times=2, occurrence=2)
+        await i.mock_event("go", "event")
+        await i.force_event_timeout("go")  # the mocked event wins, whatever the timing
+        waiting = asyncio.create_task(i.wait_for_status("complete"))  # before it exists
+        await asyncio.sleep(0.1)
+        await env.client.workflow("transfer").create(id="t-2", params={})
+        started = time.monotonic()
+        status = await waiting
+        assert time.monotonic() - started < 5
+        assert status.output == ["real", "mocked", "event"]
+        assert await i.wait_for_step_result("fetch", occurrence=2) == "mocked"
+        fetches = [s for s in status.to_dict()["steps"] if s["name"] == "fetch"]
+        assert [[a["success"] for a in f["attempts"]] for f in fetches] == [
+            [True], [False, False, True]]
+
+
+async def test_bad_doubles_are_refused_when_registered() -> None:
+    async with WorkflowTestEnv(workflows=[Transfer]) as env:
+        i = env.introspect("transfer", "t-3")
+        with pytest.raises(ValidationError, match="Exception instance"):
+            await i.mock_step_error("fetch", KeyboardInterrupt())  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match="not JSON"):
+            await i.mock_event("go", {"x": object()})
+        with pytest.raises(ValidationError, match="at least 1"):
+            await i.mock_step_error("fetch", RuntimeError(), times=0)
+
+
+async def test_closing_goes_on_past_a_part_that_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    env = WorkflowTestEnv(workflows=[Transfer])
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(env)
+        worker, directory = env._worker, env._dir
+        assert worker is not None and directory is not None
+
+        async def broken(self: object) -> None:
+            raise OSError("subscription already gone")
+
+        monkeypatch.setattr(Subscription, "aclose", broken)
+        with pytest.raises(OSError, match="already gone"):
+            await stack.aclose()
+    # The worker was closed all the same, and nothing of the environment is left.
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("warren-")]
+    assert _test_doubles.active is None and not directory.exists()
