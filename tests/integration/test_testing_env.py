@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from pathlib import Path
 from typing import Any
 
@@ -192,9 +191,7 @@ async def test_doubles_combine_by_attempt_and_occurrence_and_skip_retry_delays()
         waiting = asyncio.create_task(i.wait_for_status("complete"))  # before it exists
         await asyncio.sleep(0.1)
         await env.client.workflow("transfer").create(id="t-2", params={})
-        started = time.monotonic()
-        status = await waiting
-        assert time.monotonic() - started < 5
+        status = await waiting  # within the env's 10 s: the delays would take 30
         assert status.output == ["real", "mocked", "event"]
         assert await i.wait_for_step_result("fetch", occurrence=2) == "mocked"
         fetches = [s for s in status.to_dict()["steps"] if s["name"] == "fetch"]
