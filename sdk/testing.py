@@ -19,8 +19,8 @@ through an introspector (mocked step results and errors, forced timeouts, mocked
 disabled sleeps) stays in force until the environment closes; like Cloudflare's, register
 it before the instance gets there (a sleep already decided keeps its time). Mocked
 failures are retried as the step's config says, without the delay. One environment at a
-time per process. Virtual time (``env.clock.advance``) is not offered: disable the sleeps
-of the instances under test instead.
+time per process. ``env.clock.advance("3 days")`` moves the engine's clock forward: sleeps,
+event-wait timeouts and retry delays due by then fall due at once.
 """
 
 from __future__ import annotations
@@ -38,15 +38,16 @@ from typing import Any
 import orjson
 import structlog
 
-from engine import _test_doubles
+from engine import _clock, _test_doubles
 from engine._test_doubles import Doubles, StepDouble, Target
 from engine._worker import Worker
 from sdk._client import Client, InstanceStatus, Subscription
 from sdk._config import check_event_type, check_instance_id, check_step_name
+from sdk._durations import Duration, duration_ms
 from sdk._workflow import WorkflowEntrypoint
 from sdk.errors import InstanceNotFoundError, StepFailedError, ValidationError
 
-__all__ = ["InstanceIntrospector", "WorkflowTestEnv"]
+__all__ = ["InstanceIntrospector", "VirtualClock", "WorkflowTestEnv"]
 
 log = structlog.get_logger("warren.testing")
 
@@ -80,6 +81,7 @@ class WorkflowTestEnv:
         self._client: Client | None = None
         self._lifecycle: Subscription | None = None
         self._relay: asyncio.Task[None] | None = None
+        self.clock = VirtualClock(self)
 
     @property
     def client(self) -> Client:
@@ -92,6 +94,7 @@ class WorkflowTestEnv:
         if _test_doubles.active is not None:
             raise RuntimeError("another WorkflowTestEnv is open in this process")
         _test_doubles.active = self._doubles
+        _clock.set_skew_ms(0)
         try:
             await self._start()
         except BaseException:
@@ -110,8 +113,11 @@ class WorkflowTestEnv:
         if database_url is None:
             self._dir = Path(tempfile.mkdtemp(prefix="warren-test-"))
             database_url = f"sqlite+aiosqlite:///{self._dir / 'warren.db'}"
+        # No grace before a due timer is re-issued: after the clock jumps, the sweep that
+        # follows sends every wake-up that fell due.
         self._worker = Worker(self._workflows, broker_url=broker_url,
-                              database_url=database_url, namespace=namespace)
+                              database_url=database_url, namespace=namespace,
+                              sweep_grace_s=0.0)
         await self._worker.start()
         self._client = Client(broker_url=broker_url, database_url=database_url,
                               namespace=namespace)
@@ -137,6 +143,7 @@ class WorkflowTestEnv:
                 except Exception as exc:
                     failures.append(exc)
         _test_doubles.active = None
+        _clock.set_skew_ms(0)
         self._relay = self._lifecycle = self._client = self._worker = None
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
@@ -183,6 +190,28 @@ class WorkflowTestEnv:
             except BaseException:
                 self._sent.discard(key)
                 raise
+
+
+class VirtualClock:
+    """The environment's clock: the wall clock, plus what the test moved it forward by."""
+
+    def __init__(self, env: WorkflowTestEnv) -> None:
+        self._env = env
+
+    def now_ms(self) -> int:
+        """The engine's time now, in milliseconds since the epoch."""
+        return _clock.now_ms()
+
+    async def advance(self, duration: Duration) -> None:
+        """Move the engine's time forward by ``duration`` (``"3 days"``, seconds, a
+        ``timedelta``): what falls due by then (sleeps, event-wait timeouts, retry delays)
+        is woken now. Steps running meanwhile would look lost and be run again: advance
+        while the instances wait."""
+        worker = self._env._worker
+        if worker is None:
+            raise RuntimeError("the environment is not started: use `async with`")
+        _clock.set_skew_ms(_clock.skew_ms() + duration_ms(duration))  # never negative
+        await worker._sweeper.sweep_once()  # the wake-ups of what is now due, at once
 
 
 class InstanceIntrospector:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 import sdk.testing
-from engine import _test_doubles
+from engine import _clock, _test_doubles
 from sdk import NonRetryableError, Subscription, WorkflowEntrypoint, WorkflowEvent, WorkflowStep
 from sdk.errors import StepFailedError, ValidationError, WorkflowTimeoutError
 from sdk.testing import WorkflowTestEnv
@@ -132,7 +132,8 @@ async def test_each_environment_is_isolated_and_cleaned_up(tmp_path: Path) -> No
 
 
 def test_the_module_exports_the_environment() -> None:
-    assert sorted(sdk.testing.__all__) == ["InstanceIntrospector", "WorkflowTestEnv"]
+    assert sorted(sdk.testing.__all__) == [
+        "InstanceIntrospector", "VirtualClock", "WorkflowTestEnv"]
 
 
 REFUNDS: list[str] = []
@@ -226,3 +227,36 @@ async def test_closing_goes_on_past_a_part_that_fails(monkeypatch: pytest.Monkey
     # The worker was closed all the same, and nothing of the environment is left.
     assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("warren-")]
     assert _test_doubles.active is None and not directory.exists()
+
+
+class Napper(WorkflowEntrypoint):
+    name = "napper"
+
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        await step.sleep("nap", "3 days")
+        try:
+            await step.wait_for_event("reply", "reply", timeout="1 day")
+            replied = True
+        except WorkflowTimeoutError:
+            replied = False
+        return {"replied": replied, "fetched": await step.do("after", _fetch)}
+
+
+async def test_the_virtual_clock_moves_sleeps_and_timeouts_forward(stack: Stack) -> None:
+    async with _env(stack, Napper) as env:
+        i = env.introspect("napper", "n-1")
+        await env.client.workflow("napper").create(id="n-1", params={})
+        await i.wait_for_status("waiting")
+        created = env.clock.now_ms()
+        await env.clock.advance("2 days")  # not yet
+        with pytest.raises(TimeoutError):
+            await i.wait_for_step_result("nap", timeout=1)
+        await env.clock.advance("1 day")
+        await i.wait_for_step_result("nap")  # the 3 days are over
+        await env.clock.advance("1 day")  # and the reply's wait times out
+        status = await i.wait_for_status("complete")
+        assert status.output == {"replied": False, "fetched": "real"}
+        assert env.clock.now_ms() - created >= 4 * 86_400_000
+        with pytest.raises(ValueError, match="negative"):
+            await env.clock.advance(-1)
+    assert _clock.skew_ms() == 0  # the next environment starts on the wall clock
