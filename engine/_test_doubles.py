@@ -58,7 +58,7 @@ class StepDouble:
 
 @dataclass(slots=True)
 class Doubles:
-    """A test environment's doubles; the latest one registered for a step wins."""
+    """A test environment's doubles, each with the instances it targets."""
 
     steps: list[tuple[Target, str, StepDouble]] = field(default_factory=list)
     no_sleeps: list[Target] = field(default_factory=list)

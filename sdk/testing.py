@@ -39,9 +39,10 @@ import orjson
 import structlog
 
 from engine import _clock, _test_doubles
+from engine._history import FINISHED_STATUSES
 from engine._test_doubles import Doubles, StepDouble, Target
 from engine._worker import Worker
-from sdk._client import Client, InstanceStatus, Subscription
+from sdk._client import Client, Instance, InstanceStatus, Subscription
 from sdk._config import check_event_type, check_instance_id, check_step_name
 from sdk._durations import Duration, duration_ms
 from sdk._workflow import WorkflowEntrypoint
@@ -51,7 +52,6 @@ __all__ = ["InstanceIntrospector", "VirtualClock", "WorkflowTestEnv"]
 
 log = structlog.get_logger("warren.testing")
 
-_FINISHED = ("complete", "errored", "terminated")
 
 
 class WorkflowTestEnv:
@@ -185,8 +185,9 @@ class WorkflowTestEnv:
                 continue
             self._sent.add(key)  # before sending: the relay and a test may both get here
             try:
-                instance = await self.client.workflow(workflow).get(instance_id)
-                await instance.send_event(event_type, payload)
+                # Raises InstanceNotFoundError while it does not exist: no read first.
+                await Instance(self.client, workflow, instance_id).send_event(
+                    event_type, payload)
             except BaseException:
                 self._sent.discard(key)
                 raise
@@ -294,7 +295,7 @@ class InstanceIntrospector:
                     raise StepFailedError(step, str(error.get("name") or "Error"),
                                           str(error.get("message") or ""),
                                           len(record.get("attempts") or ()))
-                if status.status in _FINISHED:
+                if status.status in FINISHED_STATUSES:
                     raise TimeoutError(f"instance {self._instance_id!r} ended "
                                        f"{status.status} without step {step!r} ending")
             if time.monotonic() > deadline:
@@ -311,9 +312,7 @@ class InstanceIntrospector:
                 raise TimeoutError(f"instance {self._instance_id!r} does not exist after "
                                    f"{limit}s")
             await asyncio.sleep(0.02)
-        instance = await self._env.client.workflow(self._target.workflow).get(
-            self._instance_id)
-        return await instance.wait_for_status(
+        return await self._instance().wait_for_status(
             status, timeout=max(deadline - time.monotonic(), 0.0))
 
     def _add_step(self, step: str, double: StepDouble) -> None:
@@ -327,10 +326,13 @@ class InstanceIntrospector:
                                   "instance: wait on one with env.introspect(workflow, id)")
         return self._target.instance_id
 
+    def _instance(self) -> Instance:
+        return Instance(self._env.client, self._target.workflow, self._instance_id)
+
     async def _status(self) -> InstanceStatus | None:
+        """The instance's status; None while it does not exist (one read, unlike ``get``
+        and then ``status``)."""
         try:
-            instance = await self._env.client.workflow(self._target.workflow).get(
-                self._instance_id)
+            return await self._instance().status()
         except InstanceNotFoundError:
             return None
-        return await instance.status()

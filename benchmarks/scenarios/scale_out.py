@@ -23,7 +23,7 @@ from typing import Any
 
 from benchmarks._options import Options
 from benchmarks.scenarios import PEERS
-from benchmarks.scenarios.throughput import warren_throughput
+from benchmarks.scenarios.throughput import peer_throughput, warren_throughput
 
 
 async def run(engine: str, opts: Options) -> dict[str, Any]:
@@ -68,7 +68,7 @@ async def _peer_curve(engine: str, opts: Options, n: int) -> dict[str, Any]:
     create_phase_s: dict[str, float] = {}
     machine: dict[str, Any] = {}
     for count in _order(opts):
-        result = await _peer_throughput(engine, peer_options(engine, opts, count), n)
+        result = await peer_throughput(engine, peer_options(engine, opts, count), n)
         curve[str(count)] = result["steps_per_s"]
         create_phase_s[str(count)] = result["create_phase_s"]
         machine[str(count)] = result["machine"]
@@ -88,15 +88,6 @@ def peer_options(engine: str, opts: Options, workers: int) -> Options:
     if engine == "celery":
         return replace(opts, celery_concurrency=workers)
     raise ValueError(f"scale-out has no peer {engine!r}")
-
-
-async def _peer_throughput(engine: str, opts: Options, n: int) -> dict[str, Any]:
-    # Imported here: the peers' packages are an optional extra.
-    if engine == "dbos":
-        from benchmarks.peers import dbos_peer
-        return await dbos_peer.throughput(opts, n)
-    from benchmarks.peers import celery_peer
-    return await celery_peer.throughput(opts, n)
 
 
 def _order(opts: Options) -> tuple[int, ...]:

@@ -38,6 +38,12 @@ async def run(engine: str, opts: Options) -> dict[str, Any]:
     if engine in ENGINES:
         workers = 1 if engine == "warren-embedded" else opts.workers
         return await warren_throughput(engine, opts, n, workers, with_creation=True)
+    return await peer_throughput(engine, opts, n)
+
+
+async def peer_throughput(engine: str, opts: Options, n: int) -> dict[str, Any]:
+    """One throughput run of a peer (its worker processes as ``opts`` says)."""
+    # Imported here: the peers' packages are an optional extra.
     if engine == "dbos":
         from benchmarks.peers import dbos_peer
         return await dbos_peer.throughput(opts, n)

@@ -106,7 +106,7 @@ async def test_a_peer_runs_the_same_curve_with_as_many_worker_processes(
         return {"steps_per_s": 10.0 * count, "create_phase_s": 0.1,
                 "machine": {"busy_pct": 20.0 * count}}
 
-    monkeypatch.setattr(scale_out, "_peer_throughput", throughput)
+    monkeypatch.setattr(scale_out, "peer_throughput", throughput)
     dbos = await scale_out.run("dbos", Options(run_index=1, celery_concurrency=2))
     celery = await scale_out.run("celery", Options(run_index=0, workers=2))
     # DBOS scales by queue worker processes (queue mode), Celery by pool processes; the
