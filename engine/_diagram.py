@@ -10,8 +10,9 @@ decorated steps are drawn where they are called, after the dependencies they sti
 step whose name is computed shows its template (``charge {item}``). What the code does
 between steps is not drawn: it is deterministic and has no checkpoint of its own.
 
-Reading code is not running it, so some of it is beyond the diagram: ``break`` and
-``continue`` are not followed, nor is the step object once renamed or stored.
+``break`` leaves its loop (past the loop's ``else``), ``continue`` goes back to the loop's
+head. Reading code is not running it, so some of it is beyond the diagram: the step object
+is not followed once renamed or stored.
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ class Loop:
     header: str
     body: list[Item]
     parallel: bool = False
+    orelse: list[Item] = field(default_factory=list)  # run when the loop ends without break
+    endless: bool = False  # ``while True``: left only by ``break``, ``return`` or ``raise``
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +82,9 @@ class Guarded:
 
 @dataclass(frozen=True, slots=True)
 class End:
-    """A path that ends here: ``return`` (the workflow completes) or ``raise`` (it fails,
-    unless ``caught`` by a ``try`` around it)."""
+    """A path that ends here: ``return`` (the workflow completes), ``raise`` (it fails,
+    unless ``caught`` by a ``try`` around it), or ``break``/``continue`` (it leaves or
+    restarts the innermost loop)."""
 
     kind: str
     line: int
@@ -206,13 +210,17 @@ class _Reader:
                                          ("no", lambda: self.block(node.orelse))])
         if isinstance(node, ast.For | ast.AsyncFor):
             header = f"for {ast.unparse(node.target)} in {ast.unparse(node.iter)}"
-            return [*self.expression(node.iter), *self._loop(header, node.body),
-                    *self.block(node.orelse)]
+            return [*self.expression(node.iter),
+                    *self._loop(header, self.block(node.body), self.block(node.orelse))]
         if isinstance(node, ast.While):
             # The condition is evaluated before every pass, so its steps are in the loop.
-            body = self.expression(node.test) + self.block(node.body)
-            return ([Loop(f"while {ast.unparse(node.test)}", body)] if body else []) + \
-                self.block(node.orelse)
+            return self._loop(f"while {ast.unparse(node.test)}",
+                              self.expression(node.test) + self.block(node.body),
+                              self.block(node.orelse),
+                              endless=isinstance(node.test, ast.Constant) and bool(
+                                  node.test.value))
+        if isinstance(node, ast.Break | ast.Continue):
+            return [End("break" if isinstance(node, ast.Break) else "continue", node.lineno)]
         if isinstance(node, ast.Try | ast.TryStar):
             return self._try(node)
         if isinstance(node, ast.With | ast.AsyncWith):
@@ -238,9 +246,14 @@ class _Reader:
         return [i for child in ast.iter_child_nodes(node) if isinstance(child, ast.expr)
                 for i in self.expression(child)]
 
-    def _loop(self, header: str, body: Sequence[ast.stmt]) -> list[Item]:
-        items = self.block(body)
-        return [Loop(header, items)] if items else []
+    @staticmethod
+    def _loop(header: str, body: list[Item], orelse: list[Item], *,
+              endless: bool = False) -> list[Item]:
+        """A loop is drawn if it runs a step or can end the workflow; one that cannot is
+        drawn as its ``else`` alone (its ``break`` and ``continue`` lead nowhere else)."""
+        if not _worth_drawing(body):
+            return orelse
+        return [Loop(header, body, orelse=[] if endless else orelse, endless=endless)]
 
     def _decision(self, question: str,
                   arms: Sequence[tuple[str, Callable[[], list[Item]]]]) -> list[Item]:
@@ -409,6 +422,22 @@ class _Reader:
         return inner.block(method.body)
 
 
+def _worth_drawing(items: list[Item]) -> bool:
+    """Whether ``items`` hold, at any depth, a step call or a ``return``/``raise``."""
+    for item in items:
+        if isinstance(item, Step) or (isinstance(item, End) and item.kind in ("return",
+                                                                               "raise")):
+            return True
+        nested = (item.branches if isinstance(item, Parallel)
+                  else [b for _, b in item.arms] if isinstance(item, Decision)
+                  else [item.body, item.orelse] if isinstance(item, Loop)
+                  else [item.body, *(b for _, b in item.handlers)] if isinstance(item, Guarded)
+                  else [])
+        if any(_worth_drawing(b) for b in nested):
+            return True
+    return False
+
+
 def _parallel(branches: list[list[Item]]) -> list[Item]:
     """Branches started together; a single one is just its items."""
     return [Parallel(branches)] if len(branches) > 1 else [i for b in branches for i in b]
@@ -446,8 +475,13 @@ def _item_dict(item: Item) -> dict[str, Any]:
         return {"type": "decision", "question": item.question,
                 "arms": [{"when": w, "steps": [_item_dict(i) for i in b]} for w, b in item.arms]}
     if isinstance(item, Loop):
-        return {"type": "loop", "over": item.header, "parallel": item.parallel,
+        loop = {"type": "loop", "over": item.header, "parallel": item.parallel,
                 "steps": [_item_dict(i) for i in item.body]}
+        if item.orelse:
+            loop["else"] = [_item_dict(i) for i in item.orelse]
+        if item.endless:
+            loop["endless"] = True
+        return loop
     if isinstance(item, End):
         end: dict[str, Any] = {"type": item.kind, "line": item.line}
         if item.caught:
@@ -479,6 +513,8 @@ class _Mermaid:
         self._edges: list[str] = []
         self._count = 0
         self._failed = False
+        # The loops being drawn, innermost last: each one's head and its breaks' exits.
+        self._loops: list[tuple[str, list[_Exit]]] = []
 
     def render(self, diagram: Diagram) -> str:
         self._nodes = [f'    start(["{_quote(diagram.workflow)}"])', '    finish(["end"])']
@@ -513,7 +549,11 @@ class _Mermaid:
             self._connect(entry, node)
             return [_Exit(node)]
         if isinstance(item, End):
-            if item.kind == "return":
+            if item.kind == "break":
+                self._loops[-1][1].extend(entry)
+            elif item.kind == "continue":
+                self._connect(entry, self._loops[-1][0])
+            elif item.kind == "return":
                 self._connect(entry, "finish")
             elif not item.caught:
                 self._failed = True
@@ -530,11 +570,16 @@ class _Mermaid:
             header = f"{item.header}, all at once" if item.parallel else item.header
             node = self._node(f'{{{{"{_quote(header)}"}}}}')
             self._connect(entry, node)
+            broken: list[_Exit] = []
+            self._loops.append((node, broken))
             ends = self._items(item.body, [_Exit(node, "each")])
+            self._loops.pop()
             if item.parallel:  # the next step waits for them all
                 return ends
             self._connect(ends, node)
-            return [_Exit(node, "done")]
+            if item.endless:
+                return broken
+            return self._items(item.orelse, [_Exit(node, "done")]) + broken
         # A failure can come from any step tried: the handlers leave the box as a whole.
         box = self._id("try")
         self._nodes.append(f'    subgraph {box} ["try"]')

@@ -401,3 +401,50 @@ def test_labels_show_what_mermaid_would_otherwise_interpret(tmp_path: Path) -> N
         "        await step.do('order #42; <b>`x`</b>', lambda: 1)\n")
     (workflow,) = workflows_in([load_module(str(tmp_path / "labels.py"))])
     assert '["order #35;42; #lt;b#gt;#96;x#96;#lt;/b#gt;"]' in diagram_of(workflow).mermaid()
+
+
+POLL = '''
+from sdk import WorkflowEntrypoint
+
+
+class Poll(WorkflowEntrypoint):
+    async def run(self, event, step):
+        for attempt in range(10):
+            ready = await step.do(f"check {attempt}", lambda: True)
+            if ready:
+                break
+            if attempt % 2:
+                continue
+            await step.sleep(f"wait {attempt}", "1 minute")
+        else:
+            await step.do("give up", lambda: 1)
+            return "gave up"
+        while True:
+            if not await step.do("pull", lambda: 1):
+                break
+        for i in range(3):
+            if i:
+                break
+        await step.do("done", lambda: 1)
+'''
+
+
+def test_break_leaves_the_loop_past_its_else_and_continue_goes_back(tmp_path: Path) -> None:
+    (tmp_path / "poll.py").write_text(POLL)
+    (workflow,) = workflows_in([load_module(str(tmp_path / "poll.py"))])
+    first, endless, done = diagram_of(workflow).to_dict()["steps"]
+    assert first["else"] == [_step("do", "give up", 15), {"type": "return", "line": 16}]
+    assert first["steps"][1]["arms"][0]["steps"] == [{"type": "break", "line": 10}]
+    assert endless["endless"] is True and "else" not in endless
+    assert done == _step("do", "done", 23)  # a loop without steps is not drawn
+
+    lines = [line.strip() for line in diagram_of(workflow).mermaid().splitlines()]
+    nodes = {m.group(2): m.group(1) for line in lines
+             if (m := re.match(r'(n\d+)(?:\(\[|\[|\{\{|\{)"(.*?)"', line))}
+    loop, ready, odd = nodes["for attempt in range(10)"], nodes["ready?"], nodes["attempt % 2?"]
+    while_true, pulled = nodes["while True"], nodes["not await step.do('pull', lambda: 1)?"]
+    assert f'{odd} -->|"yes"| {loop}' in lines  # continue: the next pass
+    assert f'{loop} -->|"done"| {nodes["give up"]}' in lines  # else: only without a break
+    assert f'{ready} -->|"yes"| {while_true}' in lines  # break: past the else
+    assert f'{pulled} -->|"yes"| {nodes["done"]}' in lines
+    assert not [line for line in lines if line.startswith(f"{while_true} -->|\"done\"")]
