@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import json
+import re
 from typing import Any
 
 import orjson
@@ -30,6 +33,40 @@ def encode_json(value: Any, *, what: str, limit: int = MAX_VALUE_BYTES) -> str:
 def validate_json_value(value: Any, *, what: str) -> None:
     """Raise like :func:`encode_json` if ``value`` could not be stored."""
     encode_json(value, what=what)
+
+
+# orjson reads an integer outside [-2**63, 2**64) as a float: only where a number this long
+# appears does the text need reading again, exactly, to tell.
+_LONG_NUMBER = re.compile(rb"\d{19}")
+_INT_RANGE = range(-(2**63), 2**64)
+
+
+def decode_message_json(data: bytes, *, what: str) -> Any:
+    """A message body's JSON, refused rather than changed: an integer that JSON from
+    Warren's client could not carry (64 bits) would otherwise be stored as a float.
+
+    Raises:
+        ValidationError: ``data`` is not JSON, or holds an integer outside 64 bits.
+    """
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ValidationError(f"{what} is not JSON: {exc}") from None
+    if _LONG_NUMBER.search(data):
+        try:
+            json.loads(data, parse_int=functools.partial(_exact_int, what=what))
+        except ValidationError:
+            raise
+        except (ValueError, RecursionError) as exc:  # e.g. more digits than int() reads
+            raise ValidationError(f"{what} holds a number JSON cannot carry: {exc}") from None
+    return value
+
+
+def _exact_int(text: str, *, what: str) -> int:
+    number = int(text)
+    if number not in _INT_RANGE:
+        raise ValidationError(f"{what} holds an integer outside the 64-bit range: {text}")
+    return number
 
 
 def decode_json(text: str | None) -> Any:

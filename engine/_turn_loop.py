@@ -17,7 +17,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import orjson
 import structlog
 from sqlalchemy.exc import DataError, IntegrityError
 
@@ -33,7 +32,7 @@ from broker import (
 from engine import _history as h
 from engine._announced import AnnouncedInstance, announced_instance
 from engine._clock import now_ms
-from engine._codec import MAX_VALUE_BYTES, encode_json, error_dict
+from engine._codec import MAX_VALUE_BYTES, decode_message_json, encode_json, error_dict
 from engine._early_wake import EarlyWakeups
 from engine._history import AttemptResult
 from engine._intake import Intake, Taken
@@ -210,6 +209,8 @@ class TurnLoop:
     async def _process(self, batch: _Batch) -> None:
         stored: list[Delivery] = []  # creates and events: their effect is already in SQL
         pokes: list[Delivery] = []
+        # Creates whose publisher says it stored the instance: checked after the turn.
+        claims: dict[Delivery, str] = {}
         incoming: list[tuple[Delivery, IncomingEvent]] = []
         for delivery in batch.deliveries:
             admitted = await self._admit(batch.workflow, delivery)
@@ -217,13 +218,19 @@ class TurnLoop:
                 batch.rejected.append(delivery)
             elif isinstance(admitted, IncomingEvent):
                 incoming.append((delivery, admitted))
-            elif isinstance(admitted, AnnouncedInstance):
-                batch.instance_ids[admitted.snapshot.instance_id] = None
-                batch.announced[admitted.snapshot.instance_id] = admitted
-                stored.append(delivery)
-            elif admitted is not None:
-                batch.instance_ids[admitted] = None
-                (pokes if delivery.exchange == "internal" else stored).append(delivery)
+            elif delivery.exchange == "internal":
+                batch.instance_ids[str(admitted)] = None
+                pokes.append(delivery)
+            else:
+                instance_id = (admitted.snapshot.instance_id
+                               if isinstance(admitted, AnnouncedInstance) else admitted)
+                if isinstance(admitted, AnnouncedInstance):
+                    batch.announced[instance_id] = admitted
+                if delivery.headers.get(STORED_HEADER) == "1":
+                    claims[delivery] = instance_id
+                else:
+                    stored.append(delivery)
+                batch.instance_ids[instance_id] = None
         for delivery, instance_id in await self._store_events(batch.workflow, incoming):
             batch.instance_ids[instance_id] = None
             stored.append(delivery)
@@ -231,27 +238,28 @@ class TurnLoop:
             found = (await self._turns(batch.workflow, list(batch.instance_ids),
                                        batch.announced)
                      if batch.instance_ids else set())
-            stored = await self._reject_unstored(batch.workflow, stored, found)
+            stored += await self._reject_unstored(batch.workflow, claims, found)
         except Exception:
             log.exception("turn batch failed; retrying its instances", workflow=batch.workflow)
             # Redelivering a stored event would store it again (foreign publishers may set
-            # no message id): ack what is stored and re-poke its instances a bit later.
+            # no message id): ack what is stored and re-poke its instances a bit later. A
+            # claimed create not checked yet comes back, to be checked.
             await self._broker.publish(_retry_later(batch.workflow, batch.instance_ids))
             await asyncio.gather(*(d.ack() for d in stored))
-            await asyncio.gather(*(d.nack(requeue=True) for d in pokes), return_exceptions=True)
+            await asyncio.gather(*(d.nack(requeue=True) for d in [*claims, *pokes]),
+                                 return_exceptions=True)
             await asyncio.sleep(0.2)
             return
         await asyncio.gather(*(d.ack() for d in [*stored, *pokes]))
 
     async def _reject_unstored(
-        self, workflow: str, stored: list[Delivery], found: set[str]
+        self, workflow: str, claims: dict[Delivery, str], found: set[str]
     ) -> list[Delivery]:
-        """Dead-letter create messages that claim a stored instance which does not exist."""
-        claims = {d: orjson.loads(d.body)["id"] for d in stored
-                  if d.exchange == "create" and d.headers.get(STORED_HEADER) == "1"}
+        """Dead-letter create messages that claim a stored instance which does not exist;
+        return the others."""
         unseen = {i for i in claims.values() if i not in found}
         if not unseen:
-            return stored
+            return list(claims)
         async with self._db.reading() as conn:
             unseen -= await existing_ids(conn, workflow, unseen)
         for delivery, instance_id in claims.items():
@@ -260,7 +268,7 @@ class TurnLoop:
                               f"create message for {instance_id!r} says the instance was stored, "
                               "but there is no such instance (publish creates without that "
                               "header)")
-        return [d for d in stored if claims.get(d) not in unseen]
+        return [d for d, instance_id in claims.items() if instance_id not in unseen]
 
     async def _admit(
         self, workflow: str, delivery: Delivery
@@ -285,16 +293,13 @@ class TurnLoop:
             return None
 
     async def _create(self, workflow: str, delivery: Delivery) -> str | AnnouncedInstance:
-        try:
-            body = orjson.loads(delivery.body)
-        except orjson.JSONDecodeError as exc:
-            raise ValidationError(f"create message is not JSON: {exc}") from None
+        body = decode_message_json(delivery.body, what="create message")
         if not isinstance(body, dict) or not set(body) <= {"id", "params"}:
             raise ValidationError('create message must be a JSON object {"id"?, "params"?}')
         token = (dedup_key(delivery.message_id, instances.c.create_token)
                  or hashlib.sha256(delivery.body).hexdigest()[:32])
         # Only an absent id means "generate one": "" or 0 is a bad id, dead-lettered below.
-        instance_id = token if body.get("id") is None else body["id"]
+        instance_id = _generated_id(token) if body.get("id") is None else body["id"]
         check_instance_id(instance_id)
         if delivery.headers.get(STORED_HEADER) == "1":
             # Warren's client inserted the row before publishing: nothing to store. That the
@@ -684,6 +689,16 @@ async def _reject(delivery: Delivery, reason: str) -> None:
     await delivery.dead_letter(reason)
 
 
+def _generated_id(token: str) -> str:
+    """The id of a create sent without one: its de-duplication token (the message id, or
+    the body's hash) when that is a valid id, else the token's hash, since a message id
+    may hold any characters."""
+    try:
+        return check_instance_id(token)
+    except ValidationError:
+        return hashlib.sha256(token.encode()).hexdigest()[:32]
+
+
 def _incoming_event(workflow: str, delivery: Delivery) -> IncomingEvent:
     """The event a delivery carries, checked (it is stored later, with its batch).
 
@@ -701,10 +716,7 @@ def _incoming_event(workflow: str, delivery: Delivery) -> IncomingEvent:
     if len(delivery.body) > MAX_VALUE_BYTES:
         raise LimitExceededError(
             f"event payload is {len(delivery.body)} bytes; the limit is {MAX_VALUE_BYTES}")
-    try:
-        orjson.loads(delivery.body)
-    except orjson.JSONDecodeError as exc:
-        raise ValidationError(f"event payload is not JSON: {exc}") from None
+    decode_message_json(delivery.body, what="event payload")
     return IncomingEvent(instance_id, event_type, delivery.body.decode(), delivery.message_id)
 
 

@@ -20,8 +20,8 @@ DEFAULT_TIMEOUT = timedelta(minutes=10)
 
 MAX_STEP_NAME = 256
 MAX_SLEEP = timedelta(days=365)
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
-_WORKFLOW_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
+_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")
+_WORKFLOW_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +126,7 @@ def check_step_name(name: object) -> str:
 
 def check_instance_id(value: object) -> str:
     """Return ``value`` if it is a valid instance id (``[A-Za-z0-9_-]{1,100}``)."""
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):
         raise ValidationError(
             f"invalid instance id {value!r}: use 1-100 characters of [A-Za-z0-9_-]"
         )
@@ -135,7 +135,7 @@ def check_instance_id(value: object) -> str:
 
 def check_event_type(value: object) -> str:
     """Return ``value`` if it is a valid event type (``[A-Za-z0-9_-]{1,100}``)."""
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):
         raise ValidationError(
             f"invalid event type {value!r}: use 1-100 characters of [A-Za-z0-9_-]"
         )
@@ -145,7 +145,7 @@ def check_event_type(value: object) -> str:
 def check_workflow_name(value: object) -> str:
     """Return ``value`` if it is a valid workflow name: up to 64 characters of
     ``[A-Za-z0-9_-]``, not starting with ``-``."""
-    if not isinstance(value, str) or not _WORKFLOW_NAME.match(value):
+    if not isinstance(value, str) or not _WORKFLOW_NAME.fullmatch(value):
         raise ValidationError(
             f"invalid workflow name {value!r}: use up to 64 characters of [A-Za-z0-9_-], "
             "not starting with '-'"

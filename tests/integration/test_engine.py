@@ -487,6 +487,52 @@ async def test_create_claiming_a_stored_row_that_does_not_exist_is_dead_lettered
     assert dead is not None and "no such instance" in str(dead.headers[REASON_HEADER])
 
 
+async def test_a_claimed_create_without_an_id_is_dead_lettered_not_lost(stack: Stack) -> None:
+    from broker import STORED_HEADER
+
+    async with stack.running([Unique]), broker_from_url(stack.broker_url,
+                                                        stack.namespace) as raw:
+        await raw.publish([OutgoingMessage("create", "unique", b'{"params": 3}',
+                                           message_id="claimed-3",
+                                           headers={STORED_HEADER: "1"})])
+        dead = await raw.get_dead(timeout_s=10)  # type: ignore[attr-defined]
+    assert dead is not None and "no such instance" in str(dead.headers[REASON_HEADER])
+    assert dead.body == b'{"params": 3}'
+
+
+async def test_wire_creates_keep_what_was_sent_or_refuse_it(stack: Stack) -> None:
+    """A message id that is no valid instance id still names the generated instance (by
+    its hash); an id ending in a newline and an integer JSON from Warren's client could
+    not carry are refused, not stored changed."""
+    async with stack.running([Unique]) as client:
+        async with broker_from_url(stack.broker_url, stack.namespace) as raw:
+            await raw.publish([
+                OutgoingMessage("create", "unique", b'{"id": "nl\\n", "params": 1}'),
+                OutgoingMessage("create", "unique",
+                                b'{"id": "big", "params": {"n": 123456789012345678901234567890}}'),
+                OutgoingMessage("create", "unique", b'{"params": {"n": 18446744073709551615}}',
+                                message_id="order:42"),
+            ])
+            reasons = []
+            for _ in range(2):
+                dead = await raw.get_dead(timeout_s=10)  # type: ignore[attr-defined]
+                assert dead is not None
+                reasons.append(str(dead.headers[REASON_HEADER]))
+        assert any("invalid instance id 'nl\\n'" in r for r in reasons), reasons
+        assert any("outside the 64-bit range" in r for r in reasons), reasons
+        page = await eventually(
+            lambda: _listed(client, "unique", "complete"), timeout=10,
+            message="the create without an id completed")
+    (only,) = page
+    assert only.output == {"n": 18446744073709551615}  # exact, not a float
+    assert len(only.id) == 32 and only.id != "order:42"
+
+
+async def _listed(client: Any, workflow: str, status: str) -> list[Any] | None:
+    page = await client.workflow(workflow).list(status=status)
+    return page.items or None
+
+
 async def test_finished_instances_are_deleted_after_the_retention_period(stack: Stack) -> None:
     async with stack.running([Unique], retention_days=1 / 86_400) as client:  # one second
         wf = client.workflow("unique")
