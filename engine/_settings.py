@@ -37,6 +37,9 @@ class Settings:
         resume_cache_steps: Steps of history, in all, of the runs a worker keeps in memory
             between turns so that an instance continuing on it resumes instead of replaying
             (see ``engine._resume_cache``); 0 keeps none. Env ``WARREN_RESUME_CACHE_STEPS``.
+        event_grace_s: How long an event for an instance not stored (yet) is held and
+            tried again before it is dead-lettered: its create may still be on its way,
+            on another worker (see ``engine._early_events``). Env ``WARREN_EVENT_GRACE``.
         sweep_interval_s: How often the sweeper looks for lost wake-ups.
             Env ``WARREN_SWEEP_INTERVAL``.
         sweep_grace_s: How overdue a wake-up must be before the sweeper re-issues it; it
@@ -63,6 +66,7 @@ class Settings:
     heartbeat_timeout_s: float = 30.0
     wake_lead_s: float = 1.0
     resume_cache_steps: int = 20_000
+    event_grace_s: float = 10.0
     sweep_interval_s: float = 1.0
     sweep_grace_s: float = 1.0
     max_concurrency: int = 50_000
@@ -86,6 +90,7 @@ class Settings:
             "concurrency": ("WARREN_CONCURRENCY", int),
             "prefetch": ("WARREN_PREFETCH", int),
             "heartbeat_timeout_s": ("WARREN_HEARTBEAT_TIMEOUT", float),
+            "event_grace_s": ("WARREN_EVENT_GRACE", float),
             "sweep_interval_s": ("WARREN_SWEEP_INTERVAL", float),
             "max_concurrency": ("WARREN_MAX_CONCURRENCY", int),
             "retention_days": ("WARREN_RETENTION_DAYS", float),

@@ -33,6 +33,7 @@ from engine import _history as h
 from engine._announced import AnnouncedInstance, announced_instance
 from engine._clock import now_ms
 from engine._codec import MAX_VALUE_BYTES, decode_message_json, encode_json, error_dict
+from engine._early_events import EarlyEvents
 from engine._early_wake import EarlyWakeups
 from engine._history import AttemptResult
 from engine._intake import Intake, Taken
@@ -76,6 +77,7 @@ class _Batch:
     instance_ids: dict[str, None] = field(default_factory=dict)  # ordered set
     announced: dict[str, AnnouncedInstance] = field(default_factory=dict)
     rejected: list[Delivery] = field(default_factory=list)  # dead-lettered while decoding
+    held: list[Delivery] = field(default_factory=list)  # events tried again later
 
 
 @dataclass(slots=True)
@@ -110,6 +112,7 @@ class TurnLoop:
         workflows: dict[str, type[WorkflowEntrypoint]], *, worker_id: str,
         batch_size: int, lease_ms: int, parallelism: int, wake_lead_ms: int,
         resume_cache_steps: int, lifecycle_events: LifecycleEvents,
+        event_grace_s: float = 0.0, max_early_events: int = 0,
     ) -> None:
         self._db = db
         self._broker = broker
@@ -122,6 +125,8 @@ class TurnLoop:
         self._intake = Intake(batch_size=batch_size,
                               timers_due_soon=lambda: len(self._early) > 0)
         self._early = EarlyWakeups(broker, self._intake.put, lead_ms=wake_lead_ms)
+        self._early_events = EarlyEvents(self._intake.put, grace_s=event_grace_s,
+                                         max_held=max_early_events)
         self._kept = ResumeCache(resume_cache_steps)
         # Per workflow: whether turns may take slots without locking the gates (unknown: try).
         self._slots_open: dict[str, bool] = {}
@@ -141,6 +146,9 @@ class TurnLoop:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Held events are unacked: the broker gives them to another worker.
+        await asyncio.gather(*(d.nack(requeue=True) for d in self._early_events.hand_back()),
+                             return_exceptions=True)
         held = self._early.hand_back()
         if held:
             try:
@@ -184,7 +192,8 @@ class TurnLoop:
         try:
             await self._process(batch)
         except Exception as exc:
-            unsettled = [d for d in batch.deliveries if d not in batch.rejected]
+            unsettled = [d for d in batch.deliveries
+                         if d not in batch.rejected and d not in batch.held]
             error = (str(exc).splitlines() or [repr(exc)])[0]
             if not _refused_data(exc):
                 log.exception("turn batch failed; messages requeued", workflow=batch.workflow)
@@ -231,7 +240,7 @@ class TurnLoop:
                 else:
                     stored.append(delivery)
                 batch.instance_ids[instance_id] = None
-        for delivery, instance_id in await self._store_events(batch.workflow, incoming):
+        for delivery, instance_id in await self._store_events(batch, incoming):
             batch.instance_ids[instance_id] = None
             stored.append(delivery)
         try:
@@ -319,18 +328,24 @@ class TurnLoop:
         return str(instance_id)
 
     async def _store_events(
-        self, workflow: str, incoming: list[tuple[Delivery, IncomingEvent]]
+        self, batch: _Batch, incoming: list[tuple[Delivery, IncomingEvent]]
     ) -> list[tuple[Delivery, str]]:
-        """Store a batch's events in one transaction; dead-letter those no live instance takes.
+        """Store a batch's events in one transaction; dead-letter those no live instance
+        takes, once an unknown instance has had ``event_grace_s`` to be created.
 
         Returns the stored ones with their instance ids.
         """
         if not incoming:
             return []
+        workflow = batch.workflow
         async with self._db.transaction() as conn:
             statuses = await store_events_txn(conn, workflow, [e for _, e in incoming], now_ms())
         stored: list[tuple[Delivery, str]] = []
         for (delivery, event), status in zip(incoming, statuses, strict=True):
+            if status is None and self._early_events.hold(workflow, delivery):
+                batch.held.append(delivery)
+                continue
+            self._early_events.settled(delivery)
             try:
                 check_takes_events(workflow, event.instance_id, status)
             except (InstanceNotFoundError, InvalidTransitionError) as refused:

@@ -68,6 +68,7 @@ class Worker:
             parallelism=s.turn_parallelism, wake_lead_ms=int(s.wake_lead_s * 1000),
             resume_cache_steps=s.resume_cache_steps,
             lifecycle_events=LifecycleEvents(s.lifecycle_events),
+            event_grace_s=s.event_grace_s, max_early_events=max(1, s.prefetch // 2),
         )
         self._sweeper = Sweeper(
             self.db, self.broker, worker_id=self.worker_id, served=self.workflows,
