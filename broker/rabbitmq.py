@@ -86,6 +86,7 @@ from broker._topology import (
     Topology,
     validate_message,
 )
+from broker._utf8 import readable, tolerate_invalid_utf8
 
 _log: structlog.typing.FilteringBoundLogger = structlog.get_logger(__name__)
 
@@ -149,13 +150,24 @@ class _RabbitDelivery(Delivery):
         topology = broker.topology
         real_exchange = message.exchange or ""
         headers = _clean_headers(message.headers)
-        self.remaining_delay_ms = headers.pop(REMAINING_DELAY_HEADER, None)
+        remaining_delay_ms = headers.pop(REMAINING_DELAY_HEADER, None)
         self.body = message.body
-        self.headers = headers
         # Anything else (e.g. the default exchange) can only be an engine-side publish.
         self.exchange = topology.logical_exchange(real_exchange) or "internal"
-        self.routing_key = topology.logical_routing_key(real_exchange, message.routing_key or "")
-        self.message_id = message.message_id
+        # What remains of a long delay: only the engine's own delayed messages have one.
+        self.remaining_delay_ms = remaining_delay_ms if self.exchange == "internal" else None
+        routing_key, key_ok = readable(
+            topology.logical_routing_key(real_exchange, message.routing_key or ""))
+        message_id, id_ok = readable(message.message_id or "")
+        names = {name: readable(name) for name in headers}
+        self.headers = {names[name][0]: value for name, value in headers.items()}
+        self.routing_key = routing_key
+        self.message_id = None if message.message_id is None else message_id
+        # Why the delivery cannot be taken as sent (its consumer dead-letters it), if so.
+        self.unreadable = None if key_ok and id_ok and all(
+            ok for _, ok in names.values()) else (
+            "routing key, message id or a header name is not UTF-8 "
+            "(the bytes that are not are shown as U+FFFD)")
         self.redelivered = bool(message.redelivered)
         self._broker = broker
         self._message = message
@@ -289,6 +301,11 @@ class _RabbitConsumer(Consumer):
         if not self.active:
             return  # arrived while closing: the channel close requeues it
         delivery = _RabbitDelivery(self._broker, message, self)
+        if delivery.unreadable is not None:
+            self._broker.log.warning("message rejected", reason=delivery.unreadable,
+                                     key=delivery.routing_key)
+            await delivery.dead_letter(delivery.unreadable)
+            return
         if isinstance(delivery.remaining_delay_ms, int) and delivery.remaining_delay_ms > 0:
             await self._redelay(delivery, delivery.remaining_delay_ms)
             return
@@ -447,6 +464,7 @@ class RabbitBroker(Broker):
     # -- connection ------------------------------------------------------------------------
 
     async def connect(self) -> None:
+        tolerate_invalid_utf8()  # before any frame is read
         async with self._lock:
             if self._channel is not None:
                 return

@@ -31,7 +31,7 @@ from broker import (
     broker_from_url,
     rabbitmq,
 )
-from broker._topology import DEFAULT_DELAY_BITS
+from broker._topology import DEFAULT_DELAY_BITS, REMAINING_DELAY_HEADER
 from broker.memory import MemoryBroker
 from broker.rabbitmq import RabbitBroker
 
@@ -775,3 +775,47 @@ async def test_rabbit_rolled_back_publish_leaves_an_earlier_ones_return_matching
         proxy.flow()
         await broker.close()
         await proxy.close()
+
+
+@pytest.mark.rabbitmq
+async def test_rabbit_short_strings_that_are_not_utf8_dead_letter_their_message_alone(
+    rabbit_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """RabbitMQ passes on any bytes as a routing key or message id. Read as strict UTF-8,
+    such a delivery broke the consumer's connection, again at every reconnect, and stopped
+    every message behind it. It is dead-lettered now, and the rest goes on."""
+    import pamqp.encode
+
+    broker = RabbitBroker(rabbit_url, f"t{uuid.uuid4().hex[:10]}", max_delay_bits=13)
+    await broker.connect()
+    try:
+        wf = new_workflow()
+        await broker.declare_workflow(wf)
+        with monkeypatch.context() as patched:  # a foreign publisher sending raw bytes
+            patched.setattr(pamqp.encode, "_string", lambda fmt, value: fmt.pack(
+                len(raw := value.encode("utf-8", "surrogateescape"))) + raw)
+            async with await aio_pika.connect(rabbit_url) as connection:
+                channel = await connection.channel()
+                events = await channel.get_exchange(broker.topology.exchange("events"))
+                creates = await channel.get_exchange(broker.topology.exchange("create"))
+                await events.publish(aio_pika.Message(b"{}"), f"{wf}.i\udcff.go")
+                await creates.publish(aio_pika.Message(b"{}", message_id="m\udcff"), wf)
+        # Only the engine's own delayed messages may carry what remains of a delay.
+        await broker.publish([create(wf, b"after", headers={REMAINING_DELAY_HEADER: 60_000})])
+        seen: list[bytes] = []
+
+        async def handler(delivery: Delivery) -> None:
+            seen.append(delivery.body)
+            await delivery.ack()
+
+        consumer = await broker.consume(wf, handler, prefetch=1)
+        await eventually(lambda: seen == [b"after"])
+        dead = [await broker.get_dead(timeout_s=10) for _ in range(2)]
+        await consumer.cancel()
+        assert all(d is not None and "not UTF-8" in str(d.headers[REASON_HEADER])
+                   for d in dead)
+        assert {d.headers[ORIGIN_ROUTING_KEY_HEADER] for d in dead if d} == {
+            f"{wf}.i\ufffd.go", wf}
+        assert "m\ufffd" in {d.message_id for d in dead if d}
+    finally:
+        await broker.close()
