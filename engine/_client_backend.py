@@ -254,8 +254,9 @@ def _decode_cursor(cursor: str | None) -> int | None:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         kind, value = text.split(":", 1)
-        if kind != "pk":
+        pk = int(value)
+        if kind != "pk" or not 0 < pk < 2**63:  # a primary key: what the store can compare
             raise ValueError(kind)
-        return int(value)
+        return pk
     except (ValueError, UnicodeDecodeError):
         raise ValidationError(f"invalid cursor {cursor!r}") from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import re
 from typing import Any
 
@@ -25,9 +26,22 @@ def encode_json(value: Any, *, what: str, limit: int = MAX_VALUE_BYTES) -> str:
         data = orjson.dumps(value)
     except TypeError as exc:
         raise ValidationError(f"{what} is not JSON-serializable: {exc}") from None
+    # orjson writes NaN and infinities as null: the value would come back changed.
+    if b"null" in data and _has_non_finite(value):
+        raise ValidationError(f"{what} holds NaN or an infinity, which JSON cannot carry")
     if len(data) > limit:
         raise LimitExceededError(f"{what} is {len(data)} bytes; the limit is {limit}")
     return data.decode()
+
+
+def _has_non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_non_finite(v) for v in value)
+    return False
 
 
 def validate_json_value(value: Any, *, what: str) -> None:

@@ -265,6 +265,8 @@ class Workflow:
             if instance_id is not None:
                 check_instance_id(instance_id)
             pairs.append((instance_id, item.get("params")))
+        if not pairs:
+            return []
         ids = await self._client._backend.create(self.name, pairs)
         return [Instance(self._client, self.name, i) for i in ids]
 

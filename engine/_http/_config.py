@@ -9,10 +9,13 @@ from sdk.errors import ValidationError
 
 MIB = 1024 * 1024
 
-#: Params and event payloads are limited to 1 MiB (API.md §9); the margin covers the
-#: envelope around them (``{"id": ..., "params": ...}``) and JSON escaping overhead.
-DEFAULT_MAX_BODY_BYTES = MIB + 64 * 1024
-#: A batch creates up to 100 instances; a larger cap keeps one request from pinning memory.
+#: Params and event payloads are limited to 1 MiB as Warren encodes them (API.md §9),
+#: which the store checks; a client may escape what Warren writes as two bytes into six
+#: (``é`` as ``\u00e9``, Python's ``json.dumps`` default), so the body may be three times
+#: larger, plus the envelope around it.
+DEFAULT_MAX_BODY_BYTES = 3 * MIB + 64 * 1024
+#: A batch creates up to 100 instances; a cap below 100 such bodies keeps one request from
+#: pinning memory (batches of large params need ``WARREN_API_MAX_BATCH_BODY`` raised).
 DEFAULT_MAX_BATCH_BODY_BYTES = 16 * MIB
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Depends, Request
 
+from engine._codec import decode_message_json
 from engine._http._errors import ApiError, JSONBody
 from engine._http._models import ERROR_RESPONSES, Accepted, RestartRequest, TerminateRequest
 from engine._http._routes_instances import ClientDep
@@ -24,6 +24,7 @@ from engine._http._security import (
 )
 from engine._http._signing import SIGNATURE_HEADER
 from sdk import Instance
+from sdk.errors import ValidationError
 
 router = APIRouter(
     tags=["control"],
@@ -96,12 +97,14 @@ async def send_event(
     else:
         check_token(settings, credentials)
     try:
-        payload = orjson.loads(body) if body.strip() else None
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "invalid", f"the event payload is not JSON: {exc}") from None
+        payload = decode_message_json(body, what="the event payload") if body.strip() else None
+    except ValidationError as exc:
+        raise ApiError(400, "invalid", str(exc)) from None
     event_id = request.headers.get(EVENT_ID_HEADER) or None
-    if event_id is not None and not (0 < len(event_id) <= 200 and event_id.isprintable()):
-        raise ApiError(400, "invalid", f"{EVENT_ID_HEADER} must be 1-200 printable characters")
+    if event_id is not None and not (0 < len(event_id) <= 200 and event_id.isascii()
+                                     and event_id.isprintable()):
+        raise ApiError(400, "invalid",
+                       f"{EVENT_ID_HEADER} must be 1-200 printable ASCII characters")
     instance = await client.workflow(name).get(instance_id)
     await instance.send_event(event_type, payload, message_id=event_id)
     return _accepted(instance, f"event:{event_type}")

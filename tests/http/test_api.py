@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -225,12 +226,45 @@ async def test_bodies_over_the_limit_are_413(start_api: StartApi) -> None:
 
 async def test_default_limit_accepts_1_mib_params_and_refuses_more(api: RunningApi) -> None:
     response = await api.http.post(
-        INSTANCES, content=b"x" * (2 * MIB), headers={"content-type": "application/json"}
+        INSTANCES, content=b"x" * (7 * MIB), headers={"content-type": "application/json"}
     )
     _error(response, 413, "payload_too_large")
     params = {"blob": "x" * (MIB - 100)}
     response = await api.http.post(INSTANCES, json={"params": params})
     assert response.status_code == 201, response.text
+    # Within 1 MiB as Warren writes it, though a client escaped every character (6 bytes
+    # each in the request): the body limit leaves room for that.
+    params = {"blob": "é" * (MIB // 2 - 100)}
+    as_sent = json.dumps({"params": params}).encode()  # é as \u00e9
+    assert len(orjson.dumps(params)) < MIB < 2 * MIB < len(as_sent)
+    response = await api.http.post(INSTANCES, content=as_sent,
+                                   headers={"content-type": "application/json"})
+    assert response.status_code == 201, response.text
+    _error(await api.http.post(INSTANCES, json={"params": {"blob": "x" * (MIB + 1)}}), 413,
+           "payload_too_large")
+
+
+async def test_values_json_cannot_carry_exactly_are_refused_not_changed(
+    api: RunningApi,
+) -> None:
+    for params in (b'{"params": {"x": NaN}}', b'{"params": [1e400]}',
+                   b'{"params": {"y": -Infinity}}'):
+        message = _error(await api.http.post(INSTANCES, content=params,
+                                             headers={"content-type": "application/json"}),
+                         400, "invalid")
+        assert "NaN or an infinity" in message
+    await api.http.post("/workflows/approval/instances", json={"id": "exact"})
+    event = "/workflows/approval/instances/exact/events/approval"
+    message = _error(await api.http.post(event, content=b'{"n": 123456789012345678901234567890}'),
+                     400, "invalid")
+    assert "64-bit" in message
+    non_ascii = ("é" * 50).encode()  # an AMQP message id is at most 255 bytes of UTF-8
+    _error(await api.http.post(event, content=b"{}", headers={"X-Warren-Event-Id": non_ascii}),
+           400, "invalid")
+    listed = await api.http.get(INSTANCES, params={"cursor": "cGs6OTk5OTk5OTk5OTk5OTk5OTk5OTk5"})
+    _error(listed, 400, "invalid")  # "pk:99999999999999999999999": no key is that large
+    empty = await api.http.post(f"{INSTANCES}/batch", json=[])
+    assert empty.status_code == 201 and empty.json() == {"items": []}, empty.text
 
 
 # -- auth -----------------------------------------------------------------------------------------
