@@ -81,8 +81,11 @@ class SagaMixin:
             if record.state == h.FAILED:
                 self._finish_saga(final_status, "failed", record.error)
                 return
+            if record.state == h.BACKOFF:
+                outcome.status = h.STATUS_WAITING  # as for a step's retry (API.md §6)
+                return
             if record.state != h.SUCCEEDED:
-                return  # the handler's attempt is running or backing off
+                return  # the handler's attempt is running
         self._finish_saga(final_status, "complete", None)
 
     def _start_handler(self, call: _Call, attempt_type: type[AttemptStart]) -> None:

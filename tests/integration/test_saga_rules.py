@@ -58,3 +58,15 @@ async def test_failing_handler_has_limit_plus_one_attempts_and_stops_the_rollbac
     assert len(handler["attempts"]) == 3 and len(rules.ATTEMPTS) == 3
     assert [e[0] for e in rules.LOG] == ["third"]  # before it in rollback order: ran
     assert not any(s["type"] == "rollback" and s["name"] == "first" for s in st.steps)
+
+
+async def test_an_instance_whose_handler_backs_off_is_waiting(stack: Stack) -> None:
+    rules.SEEN_ERRORS.clear()
+    async with stack.running([rules.RetriedHandler]) as client:
+        inst = await client.workflow("retried-handler").create()
+        # The handler's first attempt fails; its retry is 1 s away (API.md §6: waiting).
+        backing_off = await inst.wait_for_status("waiting", timeout=30)
+        handler = next(s for s in backing_off.steps if s["type"] == "rollback")
+        assert handler["state"] == "backoff" and handler["wake_at"] is not None
+        st = await inst.wait_for_status("errored", timeout=30)
+    assert st.rollback == {"outcome": "complete", "error": None}

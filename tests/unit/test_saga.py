@@ -147,10 +147,16 @@ class RetriedHandler(WorkflowEntrypoint):
 
 async def test_retried_handlers_still_see_the_error_that_started_the_rollback() -> None:
     SEEN_ERRORS.clear()
-    outcome = await Simulation(RetriedHandler).run()
+    sim = Simulation(RetriedHandler)
+    outcome = await sim.run()
     assert outcome.rollback == {"outcome": "complete", "error": None}
     assert len(SEEN_ERRORS) == 3
     assert all(e == {"name": "RuntimeError", "message": "the cause"} for e in SEEN_ERRORS)
+    # A handler backing off before its retry leaves the instance waiting, as a step's
+    # retry does (API.md §6), not running.
+    retrying = [t.status for t in sim.turns
+                if any(kind == "rollback.step.retrying" for kind, _ in t.step_events)]
+    assert retrying == ["waiting", "waiting"]
 
 
 class SlowForward(WorkflowEntrypoint):
