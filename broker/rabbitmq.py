@@ -594,22 +594,26 @@ class RabbitBroker(Broker):
         # costs, and bought nothing, since a turn never publishes them again.
         checked = [m for m in messages if m.exchange not in UNCHECKED_EXCHANGES]
         unchecked = [m for m in messages if m.exchange in UNCHECKED_EXCHANGES]
-        confirmed = await channel.get_underlay_channel()
-        unconfirmed = await self._unconfirmed.get_underlay_channel()
-        assert isinstance(unconfirmed, aiormq.Channel) and isinstance(confirmed, aiormq.Channel)
-        # One write for all the notifications, one for all the others.
-        publishes: list[Awaitable[list[BaseException | None]]] = []
         groups = [group for group in (unchecked, checked) if group]
-        if unchecked:
-            publishes.append(self._publish_unconfirmed(unconfirmed, unchecked))
-        if checked:
-            publishes.append(self._publish_confirmed(confirmed, checked))
         try:
+            # The deadline covers waiting for the channels too: while the connection is
+            # being re-established they are not there, and a publish must not wait forever.
             async with asyncio.timeout(self._publish_timeout_s):
+                confirmed = await channel.get_underlay_channel()
+                unconfirmed = await self._unconfirmed.get_underlay_channel()
+                assert isinstance(unconfirmed, aiormq.Channel)
+                assert isinstance(confirmed, aiormq.Channel)
+                # One write for all the notifications, one for all the others.
+                publishes: list[Awaitable[list[BaseException | None]]] = []
+                if unchecked:
+                    publishes.append(self._publish_unconfirmed(unconfirmed, unchecked))
+                if checked:
+                    publishes.append(self._publish_confirmed(confirmed, checked))
                 results = await asyncio.gather(*publishes, return_exceptions=True)
         except TimeoutError:
             raise PublishError(f"{len(messages)} messages not all confirmed within "
-                               f"{self._publish_timeout_s} s") from None
+                               f"{self._publish_timeout_s} s (is the broker reachable?)"
+                               ) from None
         failures: list[tuple[OutgoingMessage, BaseException]] = []
         for group, result in zip(groups, results, strict=True):
             if isinstance(result, BaseException):  # the group's write itself failed

@@ -1,7 +1,7 @@
 """Group commit for client creates: concurrent callers share one transaction and one publish.
 
-A create is durable only once its row is committed and its message confirmed, so a lone
-create costs a commit plus a publish round trip. Callers that arrive while such a write is in
+A create is durable once its row is committed, and started by its message (confirmed), so a
+lone create costs a commit plus a publish round trip. Callers that arrive while such a write is in
 flight wait in line; the next write takes everyone in line (up to ``max_items`` instances)
 and stores and announces them together. Nothing waits on a timer: a lone caller is written at
 once, and only callers that are already waiting are coalesced.
@@ -114,7 +114,8 @@ class CreateGroups:
                           callers=len(group))
                 stored, rows = await self._store_one_by_one(workflow, group)
             if stored:
-                await self._announce(workflow, [n for u in stored for n in u.items], rows)
+                await self._announce_or_leave_to_sweeper(
+                    workflow, [n for u in stored for n in u.items], rows)
             for unit in stored:
                 if not unit.done.done():
                     unit.done.set_result(None)
@@ -126,6 +127,21 @@ class CreateGroups:
             for unit in group:
                 if not unit.done.done():
                     unit.done.set_exception(exc)
+
+    async def _announce_or_leave_to_sweeper(
+        self, workflow: str, items: Sequence[NewInstance], rows: Mapping[str, Announcement]
+    ) -> None:
+        """Announce stored instances; if the broker fails, they are created all the same.
+
+        The rows are committed: failing the callers would make them retry a create that
+        took effect (``already_exists``), and the workers' sweeper starts an instance whose
+        create message never came (API.md's transient creates rely on it too).
+        """
+        try:
+            await self._announce(workflow, items, rows)
+        except Exception as exc:
+            log.warning("created instances not announced; a worker's sweeper starts them",
+                        workflow=workflow, instances=len(items), error=repr(exc))
 
     async def _store_one_by_one(
         self, workflow: str, group: list[_Unit]

@@ -26,10 +26,12 @@ import orjson
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from broker import PublishError
 from sdk.errors import (
     EngineUnavailableError,
     InstanceExistsError,
@@ -140,12 +142,32 @@ class CatchAllMiddleware:
 
         try:
             await self.app(scope, receive, tracking_send)
-        except Exception:
+        except Exception as exc:
             log.exception("request failed", method=scope.get("method"), path=scope.get("path"))
             if started:
                 raise  # too late for an error body; let the server close the connection
-            response = error_response(500, "internal", "internal error (see the server log)")
+            response = (error_response(503, "unavailable", f"the broker or the database cannot "
+                                       f"be reached; retry later ({type(exc).__name__})")
+                        if _unreachable(exc) else
+                        error_response(500, "internal", "internal error (see the server log)"))
             await response(scope, receive, send)
+
+
+# SQLSTATE classes of a database that cannot serve now: connection exception, insufficient
+# resources (e.g. too many connections), operator intervention (shutting down, starting up).
+_UNAVAILABLE_SQLSTATES = ("08", "53", "57")
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the broker or the database is out of reach (503), not a bug."""
+    if isinstance(exc, PublishError | OSError | OperationalError | InterfaceError):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        state = getattr(exc.orig, "sqlstate", None)
+        return isinstance(state, str) and state[:2] in _UNAVAILABLE_SQLSTATES
+    return False
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -8,6 +8,7 @@ FIFO, so if the unwanted one had been routed it would arrive first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import statistics
 import time
@@ -819,3 +820,31 @@ async def test_rabbit_short_strings_that_are_not_utf8_dead_letter_their_message_
         assert "m\ufffd" in {d.message_id for d in dead if d}
     finally:
         await broker.close()
+
+
+@pytest.mark.rabbitmq
+async def test_rabbit_publish_fails_in_time_while_the_connection_is_down(rabbit_url: str) -> None:
+    """A publish waited for the channels before its deadline started: while the connection
+    was being re-established (the broker gone), it waited for as long as that took."""
+    parts = urlsplit(rabbit_url)
+    proxy = _StallingProxy((parts.hostname or "127.0.0.1", parts.port or 5672))
+    port = await proxy.start()
+    broker = RabbitBroker(urlunsplit(parts._replace(netloc=f"guest:guest@127.0.0.1:{port}")),
+                          f"t{uuid.uuid4().hex[:10]}", max_delay_bits=13, publish_timeout_s=0.5)
+    await broker.connect()
+    try:
+        wf = new_workflow()
+        await broker.declare_workflow(wf)
+        await broker.publish([create(wf, b"before")])
+        await proxy.close()  # every connection dropped, none accepted: the broker is gone
+        # The first publish may meet the closing connection; the later ones meet the
+        # channels being re-established, which they waited for without a deadline.
+        for _ in range(3):
+            started = time.monotonic()
+            with pytest.raises(PublishError):
+                await broker.publish([create(wf, b"while it is gone")])
+            assert time.monotonic() - started < 5
+            await asyncio.sleep(0.3)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(broker.close(), 5)

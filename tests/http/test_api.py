@@ -434,3 +434,29 @@ async def test_cli_client_signs_events_and_sends_the_token(start_api: StartApi) 
         with pytest.raises(ApiCallError) as failure:
             await asyncio.to_thread(unsigned.send_event, "approval", "cli-sig", "approval", 1)
         assert failure.value.code == "signature_invalid" and failure.value.status == 401
+
+
+async def test_an_unreachable_broker_or_database_answers_503(
+    api: RunningApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    from broker import PublishError
+
+    created = await api.http.post(INSTANCES, json={"id": "outage"})
+    assert created.status_code == 201, created.text
+    backend = api.client._backend
+
+    async def broker_gone(*_args: Any, **_kwargs: Any) -> None:
+        raise PublishError("3 messages not all confirmed within 10 s")
+
+    async def database_gone(*_args: Any, **_kwargs: Any) -> None:
+        raise OperationalError("SELECT 1", {}, ConnectionRefusedError(111, "refused"))
+
+    monkeypatch.setattr(backend, "control", broker_gone)
+    monkeypatch.setattr(backend, "status", database_gone)
+    for response in (await api.http.post(f"{INSTANCES}/outage/pause"),
+                     await api.http.get(f"{INSTANCES}/outage")):
+        assert "cannot be reached" in _error(response, 503, "unavailable")
+    monkeypatch.undo()
+    assert (await api.http.get(f"{INSTANCES}/outage")).status_code == 200

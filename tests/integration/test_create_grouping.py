@@ -135,3 +135,25 @@ async def test_a_lone_create_goes_through_and_validation_stays_at_the_caller(
         with pytest.raises(InstanceExistsError, match="lone-0"):
             await wf.create(id="lone-0")
         assert _groups(client).transactions - before == 5  # the invalid one was never queued
+
+
+async def test_a_stored_create_whose_message_the_broker_refuses_still_runs(
+    stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The row is committed before the create message is published; if the publish fails,
+    the caller is not told the create failed (a retry would find the id taken), and the
+    workers' sweeper starts the instance from SQL."""
+    from broker import PublishError
+    from tests.integration.test_engine import Unique
+
+    async with stack.running([Unique]) as client:
+        backend = cast(EngineClientBackend, client._backend)
+
+        async def refused(*_args: Any) -> None:
+            raise PublishError("the broker is gone")
+
+        monkeypatch.setattr(backend._creates, "_announce", refused)
+        inst = await client.workflow("unique").create(params={"n": 1}, id="unannounced")
+        monkeypatch.undo()
+        st = await inst.wait_for_status("complete", timeout=30)
+    assert st.output == {"n": 1}
