@@ -183,6 +183,7 @@ def banner(title: str, settings: Settings, api_url: str, workflows: Sequence[str
     rows += [
         ("API", api_url),
         ("API docs", f"{api_url}/docs  (OpenAPI: {api_url}/openapi.json)"),
+        ("dashboard", f"{api_url}/dashboard"),
         ("database", describe_database(settings.database_url)),
         ("broker", describe_broker(settings.broker_url)),
     ]

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from engine._http import _routes_control, _routes_instances
+from engine._http import _dashboard, _routes_control, _routes_instances
 from engine._http._config import ApiSettings
 from engine._http._errors import JSONBody, install_error_handlers
 from engine._http._security import BodyLimitMiddleware
@@ -52,6 +52,7 @@ def create_app(client: Client, settings: ApiSettings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
     app.include_router(_routes_instances.router)
     app.include_router(_routes_control.router)
+    app.include_router(_dashboard.router)
 
     @app.get("/healthz", tags=["meta"], summary="Liveness")
     async def healthz() -> dict[str, bool]:

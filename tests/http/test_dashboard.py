@@ -1,0 +1,102 @@
+"""The dashboard of ``warren dev`` (API.md §2): pages over the running API, real requests."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+
+from engine._http._config import ApiSettings
+from tests.http.conftest import RunningApi, StartApi
+from tests.http.test_api import _error, _wait_status
+
+
+class _Page(HTMLParser):
+    """What a page shows: its links, table cells, forms and whether it reloads itself."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.links: dict[str, str] = {}
+        self.cells: list[str] = []
+        self.forms: list[str] = []
+        self.refreshes = False
+        self._href: str | None = None
+        self._in_cell = False
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        found = dict(attrs)
+        if tag == "a":
+            self._href = found.get("href")
+        elif tag == "td":
+            self._in_cell = True
+            self.cells.append("")
+        elif tag == "form":
+            self.forms.append(found.get("action") or "")
+        elif tag == "meta" and found.get("http-equiv") == "refresh":
+            self.refreshes = True
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "a":
+            self._href = None
+        elif tag == "td":
+            self._in_cell = False
+
+    def handle_data(self, data: str) -> None:
+        if self._href is not None:
+            self.links[data] = self._href
+        if self._in_cell:
+            self.cells[-1] += data
+
+
+async def _page(api: RunningApi, path: str) -> _Page:
+    response = await api.http.get(path)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/html")
+    return _Page(response.text)
+
+
+async def test_workflows_instances_and_an_instance_with_its_steps(api: RunningApi) -> None:
+    redirect = await api.http.get("/")
+    assert redirect.status_code == 307 and redirect.headers["location"] == "/dashboard"
+    await api.http.post("/workflows/approval/instances", json={"id": "dash-1"})
+    await _wait_status(api, "approval", "dash-1", "waiting")
+
+    home = await _page(api, "/dashboard")
+    assert home.links["approval"] == "/dashboard/approval"
+    listing = await _page(api, home.links["approval"])
+    assert listing.links["dash-1"] == "/dashboard/approval/dash-1"
+    assert "waiting" in listing.cells
+    assert (await _page(api, "/dashboard/approval?status=complete")).links.get("dash-1") is None
+
+    live = await _page(api, listing.links["dash-1"])
+    assert live.refreshes  # not finished: the page reloads itself
+    assert "wait for approval" in live.cells and "wait_for_event" in live.cells
+    assert "/dashboard/approval/dash-1/event" in live.forms
+
+    # The event form posts, and the dashboard comes back to the instance.
+    sent = await api.http.post("/dashboard/approval/dash-1/event",
+                               data={"type": "approval", "payload": '{"by": "dash"}'})
+    assert sent.status_code == 303 and sent.headers["location"] == "/dashboard/approval/dash-1"
+    await _wait_status(api, "approval", "dash-1", "complete")
+    done = await _page(api, "/dashboard/approval/dash-1")
+    assert not done.refreshes
+    assert any('"by": "dash"' in cell for cell in done.cells)
+    # A control the status does not allow says why, as the API does.
+    _error(await api.http.post("/dashboard/approval/dash-1/pause"), 409, "invalid_transition")
+    _error(await api.http.post("/dashboard/approval/dash-1/event",
+                               data={"type": "approval", "payload": "{not json"}),
+           400, "invalid")
+
+
+async def test_values_are_shown_as_text_never_as_markup(api: RunningApi) -> None:
+    script = "<script>alert(1)</script>"
+    await api.http.post("/workflows/greet/instances", json={"id": "x", "params": {"name": script}})
+    await _wait_status(api, "greet", "x", "complete")
+    text = (await api.http.get("/dashboard/greet/x")).text
+    assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+
+
+async def test_the_dashboard_needs_the_token_when_one_is_set(start_api: StartApi) -> None:
+    async with start_api(ApiSettings(token="s3cret")) as api:
+        _error(await api.http.get("/dashboard"), 401, "unauthorized")
+        good = await api.http.get("/dashboard", headers={"Authorization": "Bearer s3cret"})
+        assert good.status_code == 200
