@@ -166,5 +166,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         (401, "`unauthorized` or `signature_invalid`"),
         (404, "`not_found`"),
         (413, "`payload_too_large`"),
+        (500, "`internal`: a bug, logged with its traceback"),
+        (503, "`unavailable`: the broker or the database cannot be reached; retry later"),
     ]
 }

@@ -13,7 +13,13 @@ from fastapi import APIRouter, Depends, Request
 
 from engine._codec import decode_message_json
 from engine._http._errors import ApiError, JSONBody
-from engine._http._models import ERROR_RESPONSES, Accepted, RestartRequest, TerminateRequest
+from engine._http._models import (
+    ERROR_RESPONSES,
+    Accepted,
+    ErrorResponse,
+    RestartRequest,
+    TerminateRequest,
+)
 from engine._http._routes_instances import ClientDep
 from engine._http._security import (
     CredentialsDep,
@@ -30,7 +36,7 @@ router = APIRouter(
     tags=["control"],
     responses={
         **ERROR_RESPONSES,
-        409: {"description": "`invalid_transition`"},
+        409: {"model": ErrorResponse, "description": "`invalid_transition`"},
     },
 )
 

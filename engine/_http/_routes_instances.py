@@ -12,6 +12,7 @@ from engine._http._models import (
     ERROR_RESPONSES,
     BatchCreated,
     CreateInstance,
+    ErrorResponse,
     InstancePage,
     InstanceStatus,
     WorkflowList,
@@ -54,7 +55,7 @@ async def list_workflows(client: ClientDep) -> JSONBody:
     tags=["instances"],
     responses={
         201: {"model": InstanceStatus, "description": "created"},
-        409: {"description": "`already_exists`"},
+        409: {"model": ErrorResponse, "description": "`already_exists`"},
     },
     summary="Create an instance",
 )
@@ -78,7 +79,7 @@ async def create_instance(
     tags=["instances"],
     responses={
         201: {"model": BatchCreated, "description": "created"},
-        409: {"description": "`already_exists`: none was created"},
+        409: {"model": ErrorResponse, "description": "`already_exists`: none was created"},
     },
     summary="Create up to 100 instances",
 )

@@ -301,6 +301,14 @@ async def test_openapi_schema_lists_every_endpoint(api: RunningApi) -> None:
     }
     assert "HTTPBearer" in schema["components"]["securitySchemes"]
     assert "InstanceStatus" in schema["components"]["schemas"]
+    # Every error a route declares has the error body's shape, 409 and 503 included.
+    errors = {(path, method, status): answer for path, methods in paths.items()
+              for method, operation in methods.items()
+              for status, answer in operation["responses"].items() if status >= "400"}
+    assert {status for _, _, status in errors} >= {"400", "404", "409", "503"}
+    for where, answer in errors.items():
+        assert answer["content"]["application/json"]["schema"] == {
+            "$ref": "#/components/schemas/ErrorResponse"}, where
 
 
 # -- events and control (need Instance.send_event/pause/resume/terminate/restart) ---------------
