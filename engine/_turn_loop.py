@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -679,12 +679,28 @@ class TurnLoop:
             return await commit_txn(conn, owner, [(snapshot, failed)], self._worker_id, now)
 
 
-async def reject_unroutable(delivery: Delivery) -> None:
-    """Dead-letter a create/event message that no workflow queue took, saying why."""
-    workflow = delivery.routing_key.split(".", 1)[0]
-    reason = (f"no workflow named {workflow!r} is served (unroutable {delivery.exchange} "
-              "message; start a worker for it before publishing)")
-    await _reject(delivery, reason)
+def unroutable_handler(
+    broker: Broker, served: Iterable[str]
+) -> Callable[[Delivery], Awaitable[None]]:
+    """What a worker does with a create/event message that no workflow queue took: one for
+    a workflow it serves was published before any worker declared that workflow's queue,
+    which exists now, so it is published there again; any other is dead-lettered, saying
+    why."""
+    serving = frozenset(served)
+
+    async def handle(delivery: Delivery) -> None:
+        workflow = delivery.routing_key.split(".", 1)[0]
+        if workflow in serving and delivery.exchange in ("create", "events"):
+            await broker.publish([OutgoingMessage(
+                delivery.exchange, delivery.routing_key, delivery.body,
+                message_id=delivery.message_id, headers=delivery.headers)])
+            await delivery.ack()
+            return
+        await _reject(delivery, f"no workflow named {workflow!r} is served (unroutable "
+                                f"{delivery.exchange} message; start a worker for it before "
+                                "publishing)")
+
+    return handle
 
 
 def _refused_data(exc: BaseException) -> bool:

@@ -20,7 +20,7 @@ from engine._store._database import Database
 from engine._store._gates import GateConfig, configure_txn
 from engine._store._instances import ensure_workflows_txn
 from engine._sweeper import Sweeper
-from engine._turn_loop import TurnLoop, reject_unroutable
+from engine._turn_loop import TurnLoop, unroutable_handler
 from sdk._workflow import WorkflowEntrypoint
 from sdk.errors import ValidationError
 
@@ -103,8 +103,8 @@ class Worker:
             self._consumers.append(await self.broker.consume(
                 name, self._turns.handler(name), prefetch=self.settings.prefetch
             ))
-        self._consumers.append(await self.broker.consume_unroutable(reject_unroutable,
-                                                                    prefetch=10))
+        self._consumers.append(await self.broker.consume_unroutable(
+            unroutable_handler(self.broker, self.workflows), prefetch=10))
         log.info("worker started", worker=self.worker_id, workflows=sorted(self.workflows),
                  broker=_redact(self.settings.broker_url or "memory://"),
                  database=_redact(self.settings.database_url),

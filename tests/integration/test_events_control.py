@@ -415,9 +415,10 @@ async def test_create_message_from_plain_aio_pika_starts_an_instance(real_stack:
     assert st.output["approved_by"] == "wire"
 
 
-async def _get(client: Client, instance_id: str) -> Any:
+async def _get(client: Client, instance_id: str, workflow: str = "approval") -> Any:
+    """The instance if it is stored yet, else ``None``."""
     try:
-        return await client.workflow("approval").get(instance_id)
+        return await client.workflow(workflow).get(instance_id)
     except InstanceNotFoundError:
         return None
 
@@ -435,6 +436,27 @@ async def test_messages_for_unknown_workflows_are_dead_lettered(stack: Stack) ->
             assert dead is not None
             reasons.append(str(dead.headers[REASON_HEADER]))
     assert all("no workflow named 'no-such-workflow'" in r for r in reasons)
+
+
+class LateWorkflow(WorkflowEntrypoint):
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        return await step.do("echo", lambda: event.payload)
+
+
+async def test_a_create_sent_before_any_worker_served_its_workflow_runs_once_one_does(
+    stack: Stack,
+) -> None:
+    """Published before any queue for its workflow existed, the create waits among the
+    unroutable messages; the first worker that serves the workflow routes it again."""
+    async with broker_from_url(stack.broker_url, stack.namespace) as early:
+        await early.publish([OutgoingMessage("create", "late-workflow",
+                                             b'{"id": "early-bird", "params": 5}')])
+        async with stack.running([LateWorkflow]) as client:
+            inst = await eventually(lambda: _get(client, "early-bird", "late-workflow"),
+                                    timeout=15, message="the early create stored")
+            st = await inst.wait_for_status("complete", timeout=15)
+        assert st.output == 5
+        assert await early.get_dead(timeout_s=0.2) is None  # type: ignore[attr-defined]
 
 
 async def test_create_and_event_from_a_c_client_amqp_publish(real_stack: Stack) -> None:
@@ -559,16 +581,8 @@ async def test_an_event_sent_right_after_its_create_waits_for_it_on_another_work
                 OutgoingMessage("events", f"approval.pair-{i}.approval",
                                 orjson.dumps({"by": f"relay-{i}"})),
             ])
-        wf = client.workflow("approval")
-
-        async def stored(instance_id: str) -> Any:
-            try:
-                return await wf.get(instance_id)
-            except InstanceNotFoundError:
-                return None
-
         for i in range(n):
-            inst = await eventually(lambda i=i: stored(f"pair-{i}"), timeout=30,
+            inst = await eventually(lambda i=i: _get(client, f"pair-{i}"), timeout=30,
                                     message=f"pair-{i} stored")
             st = await inst.wait_for_status("complete", timeout=30)
             assert st.output["approved_by"] == f"relay-{i}"
