@@ -34,6 +34,9 @@ ORIGIN_EXCHANGE_HEADER = "x-warren-origin-exchange"
 ORIGIN_ROUTING_KEY_HEADER = "x-warren-origin-routing-key"
 """Header carrying the routing key a dead-lettered message arrived with."""
 STORED_HEADER = "x-warren-stored"
+#: A dead-lettered copy keeps the original message's properties (content type and
+#: encoding, correlation id, reply-to, type, app id, timestamp) as headers with this prefix.
+ORIGINAL_PROPERTY_PREFIX = "x-warren-original-"
 """Set by Warren's client on create messages whose instance row it already inserted."""
 
 

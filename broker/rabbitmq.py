@@ -65,6 +65,7 @@ from yarl import URL
 from broker._base import (
     ORIGIN_EXCHANGE_HEADER,
     ORIGIN_ROUTING_KEY_HEADER,
+    ORIGINAL_PROPERTY_PREFIX,
     REASON_HEADER,
     Broker,
     Consumer,
@@ -121,6 +122,11 @@ def _forget_message_id(raw: aiormq.Channel, message_id: str, tag: int,
 
 def _table(values: Mapping[str, FieldValue]) -> FieldTable:
     return dict(values)
+
+
+# Properties a dead-lettered copy keeps as x-warren-original-<name> headers.
+_KEPT_PROPERTIES = ("content_type", "content_encoding", "correlation_id", "reply_to", "type",
+                    "app_id", "timestamp")
 
 
 def _clean_headers(raw: Mapping[str, Any] | None) -> dict[str, HeaderValue]:
@@ -210,6 +216,13 @@ class _RabbitDelivery(Delivery):
         headers[REASON_HEADER] = reason
         headers[ORIGIN_EXCHANGE_HEADER] = self.exchange
         headers[ORIGIN_ROUTING_KEY_HEADER] = self.routing_key
+        # The copy is published as Warren publishes (JSON, its own properties): what the
+        # publisher had set that says how to read or answer the body goes along in headers.
+        for name in _KEPT_PROPERTIES:
+            value = getattr(self._message, name, None)
+            if value is not None:
+                headers[f"{ORIGINAL_PROPERTY_PREFIX}{name.replace('_', '-')}"] = readable(
+                    value.isoformat() if isinstance(value, datetime) else str(value))[0]
         copy = OutgoingMessage(
             "dead", self.routing_key, self.body, message_id=self.message_id, headers=headers
         )

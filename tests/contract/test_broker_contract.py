@@ -848,3 +848,37 @@ async def test_rabbit_publish_fails_in_time_while_the_connection_is_down(rabbit_
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(broker.close(), 5)
+
+
+@pytest.mark.rabbitmq
+async def test_rabbit_a_dead_lettered_copy_keeps_how_to_read_and_answer_it(
+    rabbit_url: str,
+) -> None:
+    from broker._base import ORIGINAL_PROPERTY_PREFIX as kept
+
+    broker = RabbitBroker(rabbit_url, f"t{uuid.uuid4().hex[:10]}", max_delay_bits=13)
+    await broker.connect()
+    try:
+        wf = new_workflow()
+        await broker.declare_workflow(wf)
+        async with await aio_pika.connect(rabbit_url) as connection:
+            creates = await (await connection.channel()).get_exchange(
+                broker.topology.exchange("create"))
+            await creates.publish(aio_pika.Message(
+                b"\x1f\x8b compressed", content_type="application/json",
+                content_encoding="gzip", correlation_id="c-7", reply_to="answers",
+                app_id="billing"), wf)
+
+        async def refuse(delivery: Delivery) -> None:
+            await delivery.dead_letter("body is not JSON")
+
+        consumer = await broker.consume(wf, refuse, prefetch=1)
+        dead = await broker.get_dead(timeout_s=10)  # type: ignore[attr-defined]
+        await consumer.cancel()
+        assert dead is not None and dead.body == b"\x1f\x8b compressed"
+        assert {k: v for k, v in dead.headers.items() if k.startswith(kept)} == {
+            f"{kept}content-type": "application/json", f"{kept}content-encoding": "gzip",
+            f"{kept}correlation-id": "c-7", f"{kept}reply-to": "answers",
+            f"{kept}app-id": "billing"}
+    finally:
+        await broker.close()
