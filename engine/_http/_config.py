@@ -26,8 +26,8 @@ class ApiSettings:
     Attributes:
         token: When set, every ``/workflows`` request needs ``Authorization: Bearer <token>``.
             Env ``WARREN_API_TOKEN``.
-        webhook_secret: When set, the events endpoint needs ``X-Warren-Signature:
-            sha256=<hex HMAC-SHA256 of the raw body>`` instead of the bearer token.
+        webhook_secret: When set, the events endpoint needs an ``X-Warren-Signature``
+            keyed with it (``engine._http._signing``) instead of the bearer token.
             Env ``WARREN_WEBHOOK_SECRET``.
         max_body_bytes: Largest request body accepted (413 above it).
             Env ``WARREN_API_MAX_BODY``.

@@ -14,7 +14,7 @@ from urllib.parse import quote, urlencode
 
 import orjson
 
-from engine._http._signing import SIGNATURE_HEADER, sign
+from engine._http._signing import SIGNATURE_HEADER, sign_event
 
 DEFAULT_API_URL = "http://127.0.0.1:8787"
 _NO_BODY = object()
@@ -101,7 +101,9 @@ class ApiClient:
     def send_event(self, workflow: str, instance_id: str, event_type: str, payload: Any) -> Any:
         """Deliver an event; signed when a webhook secret is configured."""
         raw = orjson.dumps(payload)
-        headers = {SIGNATURE_HEADER: sign(self.webhook_secret, raw)} if self.webhook_secret else {}
+        headers = {SIGNATURE_HEADER: sign_event(
+            self.webhook_secret, f"{workflow}/{instance_id}/{event_type}", None, raw)
+        } if self.webhook_secret else {}
         return self.call(
             "POST",
             f"{_inst(workflow, instance_id)}/events/{quote(event_type, '')}",

@@ -46,8 +46,7 @@ _ANY_JSON: dict[str, Any] = {
     "requestBody": {
         "required": False,
         "description": "The event payload: any JSON value (at most 1 MiB). Empty means null. "
-        f"With a webhook secret configured, sign it: `{SIGNATURE_HEADER}: "
-        "sha256=<hex HMAC-SHA256 of the raw body>`.",
+        f"With a webhook secret configured, sign it (`{SIGNATURE_HEADER}`).",
         "content": {"application/json": {"schema": {}}},
     },
     "parameters": [
@@ -55,9 +54,13 @@ _ANY_JSON: dict[str, Any] = {
             "name": SIGNATURE_HEADER,
             "in": "header",
             "required": False,
-            "schema": {"type": "string", "pattern": "^sha256=[0-9a-f]{64}$"},
-            "description": "Required when the server has WARREN_WEBHOOK_SECRET: "
-            "`sha256=` + hex HMAC-SHA256 of the raw body keyed with the secret.",
+            "schema": {"type": "string",
+                       "pattern": "^(t=[0-9]+,v1=[0-9a-f]{64}|sha256=[0-9a-f]{64})$"},
+            "description": "Required when the server has WARREN_WEBHOOK_SECRET, keyed with "
+            "it: `t=<unix seconds>,v1=` + hex HMAC-SHA256 of `<t>\\n<workflow>/<instance_id>/"
+            "<event_type>\\n<event id or empty>\\n` followed by the raw body (valid for 5 "
+            "minutes, for this event only), or `sha256=` + hex HMAC-SHA256 of the raw body "
+            "alone (GitHub's form, for relays that sign only the body: it can be replayed).",
         },
         {
             "name": EVENT_ID_HEADER,
@@ -98,15 +101,16 @@ async def send_event(
     id is delivered once.
     """
     body = await request.body()
+    event_id = request.headers.get(EVENT_ID_HEADER) or None
     if settings.webhook_secret is not None:
-        check_signature(settings.webhook_secret, body, request.headers.get(SIGNATURE_HEADER))
+        check_signature(settings.webhook_secret, request.headers.get(SIGNATURE_HEADER), body,
+                        target=f"{name}/{instance_id}/{event_type}", event_id=event_id)
     else:
         check_token(settings, credentials)
     try:
         payload = decode_message_json(body, what="the event payload") if body.strip() else None
     except ValidationError as exc:
         raise ApiError(400, "invalid", str(exc)) from None
-    event_id = request.headers.get(EVENT_ID_HEADER) or None
     if event_id is not None and not (0 < len(event_id) <= 200 and event_id.isascii()
                                      and event_id.isprintable()):
         raise ApiError(400, "invalid",

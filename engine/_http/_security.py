@@ -49,16 +49,19 @@ async def require_token(settings: SettingsDep, credentials: CredentialsDep) -> N
     check_token(settings, credentials)
 
 
-def check_signature(secret: str, body: bytes, header: str | None) -> None:
-    """Raise 401 ``signature_invalid`` unless ``header`` signs ``body`` with ``secret``."""
+def check_signature(secret: str, header: str | None, body: bytes, *, target: str,
+                    event_id: str | None) -> None:
+    """Raise 401 ``signature_invalid`` unless ``header`` signs the event ``target``
+    (``<workflow>/<instance_id>/<event_type>``) with ``secret`` (``engine._http._signing``)."""
     if not header:
         raise ApiError(401, "signature_invalid", f"missing {SIGNATURE_HEADER} header")
-    if not signature_matches(secret, body, header):
+    if not signature_matches(secret, header, body, target=target, event_id=event_id):
         raise ApiError(
             401,
             "signature_invalid",
-            f"{SIGNATURE_HEADER} does not match the body (expected sha256=<hex "
-            "HMAC-SHA256 of the raw body>)",
+            f"{SIGNATURE_HEADER} does not match this event (expected t=<unix time>,v1=<hex "
+            "HMAC-SHA256 of the time, the event and the body>, within 5 minutes, or "
+            "sha256=<hex HMAC-SHA256 of the raw body>)",
         )
 
 

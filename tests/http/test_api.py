@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 from engine._gc import YOUNG_GENERATION_THRESHOLD
 from engine._http._config import MIB, ApiSettings
 from engine._http._remote import ApiCallError, ApiClient
-from engine._http._signing import SIGNATURE_HEADER, sign
+from engine._http._signing import SIGNATURE_HEADER, sign, sign_event
 from sdk import Client
 from tests.helpers import eventually
 from tests.http.conftest import RunningApi, StartApi
@@ -343,6 +344,37 @@ async def test_event_with_valid_signature_is_delivered(start_api: StartApi) -> N
         api.http.headers.update(auth)
         done = await _wait_status(api, "approval", "ap-1", "complete")
         assert done["output"] == {"approved_by": {"by": "lee"}}
+
+
+async def test_a_timestamped_signature_holds_for_its_own_event_only(start_api: StartApi) -> None:
+    """The body-only form can be replayed to any instance (the relay signs nothing else);
+    the timestamped form signs the event's target, its id and time as well."""
+    async with start_api(ApiSettings(webhook_secret="whsec")) as api:
+        for inst in ("ts-1", "ts-2"):
+            await api.http.post("/workflows/approval/instances", json={"id": inst})
+        body = orjson.dumps({"by": "kim"})
+        signed = sign_event("whsec", "approval/ts-1/approval", "evt-1", body)
+        one = {SIGNATURE_HEADER: signed, "X-Warren-Event-Id": "evt-1"}
+        to = "/workflows/approval/instances/{}/events/{}".format
+        for url, headers in (
+            (to("ts-2", "approval"), one),  # another instance
+            (to("ts-1", "other"), one),  # another event type
+            (to("ts-1", "approval"), {**one, "X-Warren-Event-Id": "evt-2"}),  # another id
+            (to("ts-1", "approval"), {SIGNATURE_HEADER: sign_event(  # ten minutes old
+                "whsec", "approval/ts-1/approval", "evt-1", body, now=time.time() - 600),
+                "X-Warren-Event-Id": "evt-1"}),
+        ):
+            _error(await api.http.post(url, content=body, headers=headers), 401,
+                   "signature_invalid")
+        accepted = await api.http.post(to("ts-1", "approval"), content=body, headers=one)
+        assert accepted.status_code == 202, accepted.text
+        done = await _wait_status(api, "approval", "ts-1", "complete")
+        assert done["output"] == {"approved_by": {"by": "kim"}}
+        # The CLI's client signs this way.
+        remote = ApiClient(api.url, webhook_secret="whsec")
+        await asyncio.to_thread(remote.send_event, "approval", "ts-2", "approval", {"by": "cli"})
+        assert (await _wait_status(api, "approval", "ts-2", "complete"))["output"] == {
+            "approved_by": {"by": "cli"}}
 
 
 async def test_event_without_secret_needs_the_token_and_valid_json(start_api: StartApi) -> None:
