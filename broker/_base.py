@@ -96,6 +96,12 @@ class Delivery(abc.ABC):
         At-least-once: the copy is confirmed before the original is acked.
         """
 
+    @property
+    def returned(self) -> bool:
+        """Whether the broker has taken the message back already (its consumer or channel
+        is gone): settling it does nothing now, and another consumer may have it."""
+        return False
+
 
 DeliveryHandler = Callable[[Delivery], Awaitable[None]]
 

@@ -199,6 +199,10 @@ class _MemoryDelivery(Delivery):
             else:
                 self._state.deliver(dataclasses.replace(self._message, exchange="dead"))
 
+    @property
+    def returned(self) -> bool:
+        return self.status == "returned"
+
     async def dead_letter(self, reason: str) -> None:
         if self._consumer is not None and self.status == "settled":
             raise RuntimeError("delivery already settled")

@@ -165,13 +165,16 @@ class _RabbitDelivery(Delivery):
         routing_key, key_ok = readable(
             topology.logical_routing_key(real_exchange, message.routing_key or ""))
         message_id, id_ok = readable(message.message_id or "")
-        names = {name: readable(name) for name in headers}
-        self.headers = {names[name][0]: value for name, value in headers.items()}
+        names_ok = True
+        if not all(name.isascii() for name in headers):  # rare: look closer
+            names = {name: readable(name) for name in headers}
+            headers = {names[name][0]: value for name, value in headers.items()}
+            names_ok = all(ok for _, ok in names.values())
+        self.headers = headers
         self.routing_key = routing_key
         self.message_id = None if message.message_id is None else message_id
         # Why the delivery cannot be taken as sent (its consumer dead-letters it), if so.
-        self.unreadable = None if key_ok and id_ok and all(
-            ok for _, ok in names.values()) else (
+        self.unreadable = None if key_ok and id_ok and names_ok else (
             "routing key, message id or a header name is not UTF-8 "
             "(the bytes that are not are shown as U+FFFD)")
         self.redelivered = bool(message.redelivered)
@@ -179,6 +182,13 @@ class _RabbitDelivery(Delivery):
         self._message = message
         self._consumer = consumer  # None: auto-acked (subscriptions, get_dead)
         self.settled = False
+
+    @property
+    def returned(self) -> bool:
+        if self._consumer is None:
+            return False
+        channel = self._message.channel
+        return not self._consumer.active or bool(getattr(channel, "is_closed", False))
 
     def _begin_settle(self) -> bool:
         if self._consumer is None:
@@ -317,7 +327,12 @@ class _RabbitConsumer(Consumer):
         if delivery.unreadable is not None:
             self._broker.log.warning("message rejected", reason=delivery.unreadable,
                                      key=delivery.routing_key)
-            await delivery.dead_letter(delivery.unreadable)
+            try:
+                await delivery.dead_letter(delivery.unreadable)
+            except Exception:  # the dead-letter publish failed: keep it, try again later
+                self._broker.log.exception("dead-lettering failed; requeueing",
+                                           key=delivery.routing_key)
+                await delivery.nack(requeue=True)
             return
         if isinstance(delivery.remaining_delay_ms, int) and delivery.remaining_delay_ms > 0:
             await self._redelay(delivery, delivery.remaining_delay_ms)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -41,6 +42,8 @@ def _has_non_finite(value: Any) -> bool:
         return any(_has_non_finite(v) for v in value.values())
     if isinstance(value, list | tuple):
         return any(_has_non_finite(v) for v in value)
+    if dataclasses.is_dataclass(value):  # orjson writes dataclasses as objects
+        return any(_has_non_finite(getattr(value, f.name)) for f in dataclasses.fields(value))
     return False
 
 

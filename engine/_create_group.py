@@ -139,9 +139,9 @@ class CreateGroups:
         """
         try:
             await self._announce(workflow, items, rows)
-        except Exception as exc:
-            log.warning("created instances not announced; a worker's sweeper starts them",
-                        workflow=workflow, instances=len(items), error=repr(exc))
+        except Exception:  # with its traceback: it may be a bug, not only the broker
+            log.exception("created instances not announced; a worker's sweeper starts them",
+                          workflow=workflow, instances=len(items))
 
     async def _store_one_by_one(
         self, workflow: str, group: list[_Unit]

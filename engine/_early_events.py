@@ -52,6 +52,7 @@ class EarlyEvents:
         """Hold ``delivery`` to try it again later; False if it has waited long enough (or
         too many are held), and the caller refuses it."""
         now = time.monotonic()
+        self._forget_stale(now)
         first_seen, pause = self._seen.get(delivery, (now, _FIRST_PAUSE_S / 2))
         if now - first_seen >= self._grace_s or len(self._held) >= self._max_held:
             self._seen.pop(delivery, None)
@@ -68,13 +69,28 @@ class EarlyEvents:
 
     def _release(self, workflow: str, delivery: Delivery) -> None:
         del self._held[delivery]
+        if delivery.returned:
+            # Its channel closed meanwhile: the broker has it back, and another worker may
+            # store it already. Tried here too, a payload without a message id would be
+            # stored twice.
+            self._seen.pop(delivery, None)
+            return
         self._put(workflow, delivery)
 
+    def _forget_stale(self, now: float) -> None:
+        """Forget events first seen long ago and not held now: tried again, they were
+        settled on a path that does not say so (a failed batch requeues them, say)."""
+        stale = [d for d, (first_seen, _) in self._seen.items()
+                 if d not in self._held and now - first_seen > 2 * self._grace_s + 1]
+        for delivery in stale:
+            del self._seen[delivery]
+
     def hand_back(self) -> list[Delivery]:
-        """Stop holding: the held events, for the caller to return to the broker."""
+        """Stop holding: the held events the broker has not taken back already, for the
+        caller to return to it."""
         for handle in self._held.values():
             handle.cancel()
-        held = list(self._held)
+        held = [d for d in self._held if not d.returned]
         self._held.clear()
         self._seen.clear()
         return held

@@ -10,7 +10,7 @@ from fastapi.openapi.utils import get_openapi
 from engine._http import _dashboard, _routes_control, _routes_instances
 from engine._http._config import ApiSettings
 from engine._http._errors import JSONBody, install_error_handlers
-from engine._http._security import BodyLimitMiddleware
+from engine._http._security import BodyLimitMiddleware, SameSiteMiddleware
 from sdk import Client
 
 DESCRIPTION = """\
@@ -50,6 +50,7 @@ def create_app(client: Client, settings: ApiSettings | None = None) -> FastAPI:
         return settings.max_body_bytes
 
     app.add_middleware(BodyLimitMiddleware, limit_for=limit_for)
+    app.add_middleware(SameSiteMiddleware)
     app.include_router(_routes_instances.router)
     app.include_router(_routes_control.router)
     app.include_router(_dashboard.router)

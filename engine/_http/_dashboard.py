@@ -18,6 +18,7 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
+from engine._codec import decode_message_json
 from engine._http._errors import ApiError
 from engine._http._routes_instances import ClientDep
 from engine._http._security import require_token
@@ -112,13 +113,14 @@ async def control(
     """Apply a control form's action, then show the instance again."""
     if action not in _ACTIONS:
         raise ApiError(404, "not_found", f"no dashboard action {action!r}")
-    form = {k: v[-1] for k, v in parse_qs((await request.body()).decode()).items()}
+    try:
+        form = {k: v[-1] for k, v in parse_qs((await request.body()).decode()).items()}
+    except UnicodeDecodeError:
+        raise ValidationError("the form is not UTF-8") from None
     inst = await client.workflow(name).get(instance_id)
     if action == "event":
-        try:
-            payload = orjson.loads(form.get("payload") or "null")
-        except orjson.JSONDecodeError as exc:
-            raise ValidationError(f"the event payload is not JSON: {exc}") from None
+        payload = decode_message_json((form.get("payload") or "null").encode(),
+                                      what="the event payload")
         await inst.send_event(form.get("type", ""), payload)
     elif action == "restart":
         await inst.restart(from_step=form.get("from_step") or None)

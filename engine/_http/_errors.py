@@ -8,6 +8,7 @@ code                 status when
 ``invalid``          400    malformed JSON, bad name/id/params, failed validation
 ``unauthorized``     401    missing or wrong bearer token
 ``signature_invalid`` 401   missing or wrong ``X-Warren-Signature`` on an event
+``forbidden``        403    a state-changing request a browser sent from another site
 ``not_found``        404    unknown instance, or no such route
 ``method_not_allowed`` 405  the route exists, the method does not
 ``already_exists``   409    an instance with that id exists
@@ -20,13 +21,14 @@ code                 status when
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 import orjson
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -47,6 +49,7 @@ log = structlog.get_logger("warren.http")
 _CODE_BY_STATUS = {
     400: "invalid",
     401: "unauthorized",
+    403: "forbidden",
     404: "not_found",
     405: "method_not_allowed",
     409: "already_exists",
@@ -158,15 +161,24 @@ class CatchAllMiddleware:
 _UNAVAILABLE_SQLSTATES = ("08", "53", "57")
 
 
+_UNREACHABLE = (PublishError, ConnectionError, TimeoutError, socket.gaierror)
+# What SQLite says when its file is busy or cannot be opened (it has no SQLSTATE).
+_UNAVAILABLE_SQLITE = ("database is locked", "unable to open database", "disk i/o error")
+
+
 def _unreachable(exc: BaseException) -> bool:
-    """Whether ``exc`` says the broker or the database is out of reach (503), not a bug."""
-    if isinstance(exc, PublishError | OSError | OperationalError | InterfaceError):
+    """Whether ``exc`` says the broker or the database is out of reach (503), not a bug:
+    a SQL error or a missing file is a 500, however the driver classes it."""
+    if isinstance(exc, _UNREACHABLE):
         return True
     if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
+        if exc.connection_invalidated or isinstance(exc.orig, _UNREACHABLE):
             return True
         state = getattr(exc.orig, "sqlstate", None)
-        return isinstance(state, str) and state[:2] in _UNAVAILABLE_SQLSTATES
+        if isinstance(state, str):
+            return state[:2] in _UNAVAILABLE_SQLSTATES
+        return isinstance(exc, OperationalError) and any(
+            text in str(exc.orig).lower() for text in _UNAVAILABLE_SQLITE)
     return False
 
 

@@ -164,6 +164,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, text in [
         (400, "invalid request (`invalid`)"),
         (401, "`unauthorized` or `signature_invalid`"),
+        (403, "`forbidden`: a state-changing request a browser sent from another site"),
         (404, "`not_found`"),
         (413, "`payload_too_large`"),
         (500, "`internal`: a bug, logged with its traceback"),

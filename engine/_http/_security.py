@@ -8,6 +8,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Awaitable, Callable
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -98,6 +99,35 @@ class BodyLimitMiddleware:
             await response(scope, receive, send)
             return
         await self.app(scope, _counting(receive, limit), send)
+
+
+class SameSiteMiddleware:
+    """Refuses (403 ``forbidden``) a state-changing request a browser sent from another
+    site: without a token (``warren dev``'s default), any web page could otherwise post a
+    form that terminates an instance or sends it an event. Browsers say where a request
+    comes from (``Sec-Fetch-Site``, ``Origin``); other clients (the CLI, curl, services,
+    webhook relays) send neither and are not affected.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] not in _SAFE_METHODS:
+            headers = dict(scope.get("headers", ()))
+            origin = headers.get(b"origin")
+            if headers.get(b"sec-fetch-site") == b"cross-site" or (
+                    origin is not None
+                    and urlsplit(origin.decode("latin-1")).netloc.encode("latin-1")
+                    != headers.get(b"host")):
+                response = error_response(403, "forbidden",
+                                          "a request from another site is refused")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def _content_length(scope: Scope) -> int | None:

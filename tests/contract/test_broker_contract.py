@@ -792,15 +792,21 @@ async def test_rabbit_short_strings_that_are_not_utf8_dead_letter_their_message_
     try:
         wf = new_workflow()
         await broker.declare_workflow(wf)
+        table = pamqp.encode.METHODS["table"]
         with monkeypatch.context() as patched:  # a foreign publisher sending raw bytes
             patched.setattr(pamqp.encode, "_string", lambda fmt, value: fmt.pack(
                 len(raw := value.encode("utf-8", "surrogateescape"))) + raw)
+            patched.setitem(pamqp.encode.METHODS, "table", lambda value: table(
+                {k.replace("\udcff", "Z"): v for k, v in value.items()}
+            ).replace(b"\x02hZ", b"\x02h\xff"))
             async with await aio_pika.connect(rabbit_url) as connection:
                 channel = await connection.channel()
                 events = await channel.get_exchange(broker.topology.exchange("events"))
                 creates = await channel.get_exchange(broker.topology.exchange("create"))
                 await events.publish(aio_pika.Message(b"{}"), f"{wf}.i\udcff.go")
-                await creates.publish(aio_pika.Message(b"{}", message_id="m\udcff"), wf)
+                # 200 invalid bytes: 600 once each is shown as U+FFFD, over AMQP's 255.
+                await creates.publish(aio_pika.Message(b"{}", message_id="\udcff" * 200), wf)
+                await creates.publish(aio_pika.Message(b"{}", headers={"h\udcff": "v"}), wf)
         # Only the engine's own delayed messages may carry what remains of a delay.
         await broker.publish([create(wf, b"after", headers={REMAINING_DELAY_HEADER: 60_000})])
         seen: list[bytes] = []
@@ -811,13 +817,14 @@ async def test_rabbit_short_strings_that_are_not_utf8_dead_letter_their_message_
 
         consumer = await broker.consume(wf, handler, prefetch=1)
         await eventually(lambda: seen == [b"after"])
-        dead = [await broker.get_dead(timeout_s=10) for _ in range(2)]
+        dead = [await broker.get_dead(timeout_s=10) for _ in range(3)]
         await consumer.cancel()
         assert all(d is not None and "not UTF-8" in str(d.headers[REASON_HEADER])
                    for d in dead)
         assert {d.headers[ORIGIN_ROUTING_KEY_HEADER] for d in dead if d} == {
             f"{wf}.i\ufffd.go", wf}
-        assert "m\ufffd" in {d.message_id for d in dead if d}
+        assert "\ufffd" * 85 in {d.message_id for d in dead if d}  # cut to 255 bytes
+        assert any("h\ufffd" in d.headers for d in dead if d)
     finally:
         await broker.close()
 

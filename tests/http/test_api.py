@@ -500,3 +500,24 @@ async def test_an_unreachable_broker_or_database_answers_503(
         assert "cannot be reached" in _error(response, 503, "unavailable")
     monkeypatch.undo()
     assert (await api.http.get(f"{INSTANCES}/outage")).status_code == 200
+
+
+def test_only_an_unreachable_service_is_a_503_not_a_bug_in_sql() -> None:
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    from broker import PublishError
+    from engine._http._errors import _unreachable
+
+    def wrapped(orig: Exception) -> OperationalError:
+        return OperationalError("SELECT 1", {}, orig)
+
+    assert _unreachable(PublishError("not confirmed"))
+    assert _unreachable(ConnectionRefusedError(111, "refused"))
+    assert _unreachable(wrapped(ConnectionRefusedError(111, "refused")))
+    assert _unreachable(wrapped(sqlite3.OperationalError("database is locked")))
+    assert not _unreachable(wrapped(sqlite3.OperationalError('near "SELEC": syntax error')))
+    assert not _unreachable(wrapped(sqlite3.OperationalError("no such table: warren_x")))
+    assert not _unreachable(FileNotFoundError("warren.db"))
+    assert not _unreachable(ValueError("a bug"))

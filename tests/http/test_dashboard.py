@@ -100,3 +100,34 @@ async def test_the_dashboard_needs_the_token_when_one_is_set(start_api: StartApi
         _error(await api.http.get("/dashboard"), 401, "unauthorized")
         good = await api.http.get("/dashboard", headers={"Authorization": "Bearer s3cret"})
         assert good.status_code == 200
+
+
+async def test_a_browser_on_another_site_cannot_change_anything(api: RunningApi) -> None:
+    """Without a token, any web page could post a form to a local dashboard or API."""
+    await api.http.post("/workflows/approval/instances", json={"id": "csrf-1"})
+    evil = {"Origin": "https://evil.example"}
+    for path in ("/dashboard/approval/csrf-1/terminate",
+                 "/workflows/approval/instances/csrf-1/terminate",
+                 "/workflows/approval/instances/csrf-1/events/approval"):
+        _error(await api.http.post(path, headers=evil), 403, "forbidden")
+        _error(await api.http.post(path, headers={"Sec-Fetch-Site": "cross-site"}), 403,
+               "forbidden")
+    assert (await _wait_status(api, "approval", "csrf-1", "waiting"))["status"] == "waiting"
+    # Reading is not refused, and the dashboard's own forms (same origin) work.
+    assert (await api.http.get("/dashboard", headers=evil)).status_code == 200
+    same = {"Origin": api.url, "Sec-Fetch-Site": "same-origin"}
+    sent = await api.http.post("/dashboard/approval/csrf-1/event", headers=same,
+                               data={"type": "approval", "payload": "1"})
+    assert sent.status_code == 303, sent.text
+    await _wait_status(api, "approval", "csrf-1", "complete")
+
+
+async def test_the_event_form_refuses_what_the_api_refuses(api: RunningApi) -> None:
+    await api.http.post("/workflows/approval/instances", json={"id": "form-1"})
+    too_big = {"type": "approval", "payload": '{"n": 123456789012345678901234567890}'}
+    message = _error(await api.http.post("/dashboard/approval/form-1/event", data=too_big),
+                     400, "invalid")
+    assert "64-bit" in message
+    not_utf8 = await api.http.post("/dashboard/approval/form-1/event", content=b"type=\xff",
+                                   headers={"content-type": "application/x-www-form-urlencoded"})
+    _error(not_utf8, 400, "invalid")

@@ -587,3 +587,31 @@ async def test_an_event_sent_right_after_its_create_waits_for_it_on_another_work
             st = await inst.wait_for_status("complete", timeout=30)
             assert st.output["approved_by"] == f"relay-{i}"
         assert await relay.get_dead(timeout_s=0.5) is None  # type: ignore[attr-defined]
+
+
+class TwoPings(WorkflowEntrypoint):
+    """Counts the ``ping`` events it receives, waiting 2 s for a second one."""
+
+    async def run(self, event: WorkflowEvent, step: WorkflowStep) -> Any:
+        await step.wait_for_event("first", "ping", timeout="30 seconds")
+        try:
+            await step.wait_for_event("second", "ping", timeout="2 seconds")
+        except WorkflowTimeoutError:
+            return 1
+        return 2
+
+
+async def test_an_event_held_when_its_consumer_goes_away_is_stored_once(stack: Stack) -> None:
+    """The broker gives a held event to another worker once its consumer is gone; the
+    worker that held it must not store it as well (it has no message id to de-duplicate)."""
+    workers = [stack.worker([TwoPings]), stack.worker([TwoPings])]
+    async with workers[0], workers[1], stack.client() as client, \
+            broker_from_url(stack.broker_url, stack.namespace) as relay:
+        await relay.publish([OutgoingMessage("events", "two-pings.p-1.ping", b"{}")])
+        holder = await eventually(
+            lambda: next((w for w in workers if len(w._turns._early_events)), None),
+            timeout=10, message="a worker holds the event")
+        await holder._consumers[0].cancel()  # as when its channel is lost
+        inst = await client.workflow("two-pings").create(id="p-1")
+        st = await inst.wait_for_status("complete", timeout=30)
+    assert st.output == 1

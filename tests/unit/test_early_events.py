@@ -14,6 +14,11 @@ class _Event(Delivery):
         self.body, self.headers, self.exchange = b"{}", {}, "events"
         self.routing_key, self.message_id = f"wf.{instance_id}.go", None
         self.redelivered = False
+        self.taken_back = False
+
+    @property
+    def returned(self) -> bool:
+        return self.taken_back
 
     async def ack(self) -> None: ...
     async def nack(self, *, requeue: bool = True) -> None: ...
@@ -50,11 +55,36 @@ async def test_at_most_max_held_wait_and_a_stop_hands_them_back() -> None:
 
 
 async def test_a_settled_event_starts_afresh() -> None:
-    early = EarlyEvents(lambda _wf, _d: None, grace_s=0.05, max_held=5)
+    tried: list[Delivery] = []
+    early = EarlyEvents(lambda _wf, d: tried.append(d), grace_s=0.2, max_held=5)
     event = _Event("x")
     assert early.hold("wf", event)
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.3)  # released, and past its grace
+    assert tried == [event]
     early.settled(event)  # e.g. stored: its first sighting is forgotten
-    early.hand_back()
-    assert early.hold("wf", event)
+    assert early.hold("wf", event)  # a fresh grace, not refused
     assert not EarlyEvents(lambda _wf, _d: None, grace_s=0, max_held=5).hold("wf", event)
+
+
+async def test_an_event_its_broker_took_back_is_not_tried_again_here() -> None:
+    """Its channel closed while it was held: another worker may store it already, and a
+    payload without a message id would be stored twice."""
+    tried: list[Delivery] = []
+    early = EarlyEvents(lambda _wf, d: tried.append(d), grace_s=5, max_held=5)
+    gone, kept = _Event("gone"), _Event("kept")
+    assert early.hold("wf", gone) and early.hold("wf", kept)
+    gone.taken_back = True
+    await asyncio.sleep(0.1)  # both released
+    assert tried == [kept]
+    assert early.hold("wf", kept)
+    kept.taken_back = True
+    assert early.hand_back() == []  # nothing to return: the broker has it
+
+
+async def test_what_was_seen_long_ago_and_is_not_held_is_forgotten() -> None:
+    early = EarlyEvents(lambda _wf, _d: None, grace_s=0.01, max_held=5)
+    lost = _Event("lost")  # tried again, then settled on a path that did not say so
+    assert early.hold("wf", lost)
+    await asyncio.sleep(1.1)
+    early.hold("wf", _Event("next"))
+    assert lost not in early._seen
