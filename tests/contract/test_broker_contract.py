@@ -13,7 +13,7 @@ import random
 import statistics
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -716,8 +716,9 @@ class _StallingProxy:
             writer.close()
 
 
-@pytest.mark.rabbitmq
-async def test_rabbit_publish_fails_in_time_when_confirms_stop_coming(rabbit_url: str) -> None:
+@contextlib.asynccontextmanager
+async def _through_proxy(rabbit_url: str) -> AsyncIterator[tuple[_StallingProxy, RabbitBroker]]:
+    """A broker (publish timeout 0.5 s) reaching RabbitMQ through a proxy the test controls."""
     parts = urlsplit(rabbit_url)
     proxy = _StallingProxy((parts.hostname or "127.0.0.1", parts.port or 5672))
     port = await proxy.start()
@@ -725,6 +726,17 @@ async def test_rabbit_publish_fails_in_time_when_confirms_stop_coming(rabbit_url
                           f"t{uuid.uuid4().hex[:10]}", max_delay_bits=13, publish_timeout_s=0.5)
     await broker.connect()
     try:
+        yield proxy, broker
+    finally:
+        proxy.flow()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(broker.close(), 5)
+        await proxy.close()
+
+
+@pytest.mark.rabbitmq
+async def test_rabbit_publish_fails_in_time_when_confirms_stop_coming(rabbit_url: str) -> None:
+    async with _through_proxy(rabbit_url) as (proxy, broker):
         wf = new_workflow()
         await broker.declare_workflow(wf)
         await broker.publish([create(wf, b"through the proxy")])
@@ -739,10 +751,6 @@ async def test_rabbit_publish_fails_in_time_when_confirms_stop_coming(rabbit_url
         proxy.flow()
         # The late return must not break the channel: the next publish is confirmed.
         await broker.publish([create(wf, b"and through again")])
-    finally:
-        proxy.flow()
-        await broker.close()
-        await proxy.close()
 
 
 @pytest.mark.rabbitmq
@@ -833,13 +841,7 @@ async def test_rabbit_short_strings_that_are_not_utf8_dead_letter_their_message_
 async def test_rabbit_publish_fails_in_time_while_the_connection_is_down(rabbit_url: str) -> None:
     """A publish waited for the channels before its deadline started: while the connection
     was being re-established (the broker gone), it waited for as long as that took."""
-    parts = urlsplit(rabbit_url)
-    proxy = _StallingProxy((parts.hostname or "127.0.0.1", parts.port or 5672))
-    port = await proxy.start()
-    broker = RabbitBroker(urlunsplit(parts._replace(netloc=f"guest:guest@127.0.0.1:{port}")),
-                          f"t{uuid.uuid4().hex[:10]}", max_delay_bits=13, publish_timeout_s=0.5)
-    await broker.connect()
-    try:
+    async with _through_proxy(rabbit_url) as (proxy, broker):
         wf = new_workflow()
         await broker.declare_workflow(wf)
         await broker.publish([create(wf, b"before")])
@@ -852,9 +854,6 @@ async def test_rabbit_publish_fails_in_time_while_the_connection_is_down(rabbit_
                 await broker.publish([create(wf, b"while it is gone")])
             assert time.monotonic() - started < 5
             await asyncio.sleep(0.3)
-    finally:
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(broker.close(), 5)
 
 
 @pytest.mark.rabbitmq
