@@ -34,10 +34,13 @@ ORIGIN_EXCHANGE_HEADER = "x-warren-origin-exchange"
 ORIGIN_ROUTING_KEY_HEADER = "x-warren-origin-routing-key"
 """Header carrying the routing key a dead-lettered message arrived with."""
 STORED_HEADER = "x-warren-stored"
-#: A dead-lettered copy keeps the original message's properties (content type and
-#: encoding, correlation id, reply-to, type, app id, timestamp) as headers with this prefix.
-ORIGINAL_PROPERTY_PREFIX = "x-warren-original-"
 """Set by Warren's client on create messages whose instance row it already inserted."""
+ORIGINAL_PROPERTY_PREFIX = "x-warren-original-"
+"""A dead-lettered copy keeps the original message's properties (content type and encoding,
+correlation id, reply-to, type, app id, timestamp) as headers with this prefix."""
+REROUTED_HEADER = "x-warren-rerouted"
+"""Set on a message a worker published again from the unroutable queue: if it comes back
+unroutable, it is dead-lettered instead of going round again."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""Short strings that are not UTF-8, read without killing the connection.
+"""Short strings that are not UTF-8 (and times past the year 9999), read without killing
+the connection.
 
 AMQP's short strings (routing keys, message ids, header names, ...) are bytes; RabbitMQ
 passes on whatever a publisher sent. pamqp decodes them as strict UTF-8, and a delivery
@@ -12,6 +13,7 @@ which is then dead-lettered.
 
 from __future__ import annotations
 
+import datetime
 import struct
 
 from pamqp import common, decode
@@ -51,6 +53,17 @@ def _field_table(value: bytes) -> tuple[int, common.FieldTable]:
         raise ValueError("Could not unpack data") from err
 
 
+def _timestamp(value: bytes) -> tuple[int, datetime.datetime | None]:
+    """pamqp's ``timestamp``, but a time ``datetime`` cannot hold (past the year 9999) is
+    read as none instead of failing the frame (and the connection with it)."""
+    try:
+        return decode.timestamp(value)
+    except (ValueError, OverflowError, OSError):
+        if len(value) < 8:
+            raise
+        return 8, None
+
+
 def tolerate_invalid_utf8() -> None:
     """Make pamqp read short strings and table keys leniently (once per process)."""
     global _tolerant
@@ -62,6 +75,8 @@ def tolerate_invalid_utf8() -> None:
     decode.METHODS["shortstr"] = _short_str
     decode.METHODS["table"] = _field_table
     decode.TABLE_MAPPING[b"F"] = _field_table
+    decode.METHODS["timestamp"] = _timestamp
+    decode.TABLE_MAPPING[b"T"] = _timestamp
     _tolerant = True
 
 

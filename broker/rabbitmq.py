@@ -187,8 +187,13 @@ class _RabbitDelivery(Delivery):
     def returned(self) -> bool:
         if self._consumer is None:
             return False
-        channel = self._message.channel
-        return not self._consumer.active or bool(getattr(channel, "is_closed", False))
+        if not self._consumer.active:
+            return True
+        try:
+            channel = self._message.channel  # aio-pika raises once the channel is closed
+        except ChannelInvalidStateError:
+            return True
+        return bool(getattr(channel, "is_closed", False))
 
     def _begin_settle(self) -> bool:
         if self._consumer is None:

@@ -29,6 +29,7 @@ from broker import (
     OutgoingMessage,
     turn_message,
 )
+from broker._base import REROUTED_HEADER
 from engine import _history as h
 from engine._announced import AnnouncedInstance, announced_instance
 from engine._clock import now_ms
@@ -689,11 +690,16 @@ def unroutable_handler(
     serving = frozenset(served)
 
     async def handle(delivery: Delivery) -> None:
-        workflow = delivery.routing_key.split(".", 1)[0]
-        if workflow in serving and delivery.exchange in ("create", "events"):
+        # A create's key is the workflow's name (a direct binding); an event's starts with it.
+        workflow = (delivery.routing_key if delivery.exchange == "create"
+                    else delivery.routing_key.split(".", 1)[0])
+        # Once only: a copy that came back unroutable would otherwise go round for ever.
+        if workflow in serving and delivery.exchange in ("create", "events") \
+                and REROUTED_HEADER not in delivery.headers:
             await broker.publish([OutgoingMessage(
                 delivery.exchange, delivery.routing_key, delivery.body,
-                message_id=delivery.message_id, headers=delivery.headers)])
+                message_id=delivery.message_id,
+                headers={**delivery.headers, REROUTED_HEADER: "1"})])
             await delivery.ack()
             return
         await _reject(delivery, f"no workflow named {workflow!r} is served (unroutable "

@@ -21,7 +21,6 @@ code                 status when
 
 from __future__ import annotations
 
-import socket
 from typing import Any
 
 import orjson
@@ -161,7 +160,10 @@ class CatchAllMiddleware:
 _UNAVAILABLE_SQLSTATES = ("08", "53", "57")
 
 
-_UNREACHABLE = (PublishError, ConnectionError, TimeoutError, socket.gaierror)
+# Network failures are OSErrors (ECONNREFUSED, EHOSTUNREACH, "Multiple exceptions: ..."
+# from a host with several addresses); these OSErrors are about files, not networks.
+_LOCAL_FAILURES = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+_UNREACHABLE = (PublishError, OSError)
 # What SQLite says when its file is busy or cannot be opened (it has no SQLSTATE).
 _UNAVAILABLE_SQLITE = ("database is locked", "unable to open database", "disk i/o error")
 
@@ -169,10 +171,13 @@ _UNAVAILABLE_SQLITE = ("database is locked", "unable to open database", "disk i/
 def _unreachable(exc: BaseException) -> bool:
     """Whether ``exc`` says the broker or the database is out of reach (503), not a bug:
     a SQL error or a missing file is a 500, however the driver classes it."""
+    if isinstance(exc, _LOCAL_FAILURES):
+        return False
     if isinstance(exc, _UNREACHABLE):
         return True
     if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated or isinstance(exc.orig, _UNREACHABLE):
+        if exc.connection_invalidated or (isinstance(exc.orig, _UNREACHABLE)
+                                          and not isinstance(exc.orig, _LOCAL_FAILURES)):
             return True
         state = getattr(exc.orig, "sqlstate", None)
         if isinstance(state, str):

@@ -9,12 +9,13 @@ from __future__ import annotations
 import os
 import urllib.error
 import urllib.request
+import uuid
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import orjson
 
-from engine._http._signing import SIGNATURE_HEADER, sign_event
+from engine._http._signing import EVENT_ID_HEADER, SIGNATURE_HEADER, sign_event
 
 DEFAULT_API_URL = "http://127.0.0.1:8787"
 _NO_BODY = object()
@@ -99,11 +100,14 @@ class ApiClient:
         return str(items[0]["id"])
 
     def send_event(self, workflow: str, instance_id: str, event_type: str, payload: Any) -> Any:
-        """Deliver an event; signed when a webhook secret is configured."""
+        """Deliver an event, once however often the request is sent (its own event id);
+        signed when a webhook secret is configured."""
         raw = orjson.dumps(payload)
-        headers = {SIGNATURE_HEADER: sign_event(
-            self.webhook_secret, f"{workflow}/{instance_id}/{event_type}", None, raw)
-        } if self.webhook_secret else {}
+        event_id = uuid.uuid4().hex
+        headers = {EVENT_ID_HEADER: event_id}
+        if self.webhook_secret:
+            headers[SIGNATURE_HEADER] = sign_event(
+                self.webhook_secret, f"{workflow}/{instance_id}/{event_type}", event_id, raw)
         return self.call(
             "POST",
             f"{_inst(workflow, instance_id)}/events/{quote(event_type, '')}",

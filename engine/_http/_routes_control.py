@@ -28,7 +28,7 @@ from engine._http._security import (
     check_token,
     require_token,
 )
-from engine._http._signing import SIGNATURE_HEADER
+from engine._http._signing import EVENT_ID_HEADER, SIGNATURE_HEADER
 from sdk import Instance
 from sdk.errors import ValidationError
 
@@ -40,7 +40,6 @@ router = APIRouter(
     },
 )
 
-EVENT_ID_HEADER = "X-Warren-Event-Id"
 
 _ANY_JSON: dict[str, Any] = {
     "requestBody": {

@@ -113,18 +113,27 @@ class SameSiteMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] not in _SAFE_METHODS:
-            headers = dict(scope.get("headers", ()))
-            origin = headers.get(b"origin")
-            if headers.get(b"sec-fetch-site") == b"cross-site" or (
-                    origin is not None
-                    and urlsplit(origin.decode("latin-1")).netloc.encode("latin-1")
-                    != headers.get(b"host")):
-                response = error_response(403, "forbidden",
-                                          "a request from another site is refused")
-                await response(scope, receive, send)
-                return
+        if scope["type"] == "http" and scope["method"] not in _SAFE_METHODS \
+                and _from_another_site(dict(scope.get("headers", ()))):
+            response = error_response(403, "forbidden", "a request from another site is refused")
+            await response(scope, receive, send)
+            return
         await self.app(scope, receive, send)
+
+
+def _from_another_site(headers: dict[bytes, bytes]) -> bool:
+    """A browser's ``Sec-Fetch-Site`` says so (behind a proxy that rewrites ``Host`` too);
+    a browser that sends none is judged by its ``Origin`` against ``Host``."""
+    site = headers.get(b"sec-fetch-site")
+    if site is not None:
+        return site == b"cross-site"
+    origin = headers.get(b"origin")
+    if origin is None:
+        return False  # not a browser, or one that sends no Origin on this request
+    parts = urlsplit(origin.decode("latin-1").lower())
+    host = headers.get(b"host", b"").decode("latin-1").lower()
+    default = {"http": ":80", "https": ":443"}.get(parts.scheme, "")
+    return parts.netloc.removesuffix(default) != host.removesuffix(default)
 
 
 _SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import time
 
 SIGNATURE_HEADER = "X-Warren-Signature"
+EVENT_ID_HEADER = "X-Warren-Event-Id"
+"""De-duplicates an event sent over HTTP (its AMQP message id)."""
 SIGNATURE_PREFIX = "sha256="
 MAX_AGE_S = 300
 """A timestamped signature further than this from the server's clock is refused."""
+_TIME = re.compile(r"[0-9]{1,12}")
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -36,11 +40,11 @@ def sign_event(secret: str, target: str, event_id: str | None, body: bytes,
 
     ``target`` is ``<workflow>/<instance_id>/<event_type>``.
     """
-    at = int(time.time() if now is None else now)
+    at = str(int(time.time() if now is None else now))
     return f"t={at},v1={_hmac(secret, signed_text(at, target, event_id, body))}"
 
 
-def signed_text(at: int, target: str, event_id: str | None, body: bytes) -> bytes:
+def signed_text(at: str, target: str, event_id: str | None, body: bytes) -> bytes:
     """What a timestamped signature covers: the lines ``<t>``, ``<target>`` and
     ``<event id>`` (empty without one), then the raw body. None of the first three can
     hold a newline, so no two events share a text."""
@@ -53,12 +57,17 @@ def signature_matches(secret: str, header: str, body: bytes, *, target: str,
     header = header.strip()
     if header.lower().startswith(SIGNATURE_PREFIX):
         return hmac.compare_digest(header.lower().encode(), sign(secret, body).encode())
-    fields = dict(part.split("=", 1) for part in header.split(",") if "=" in part)
-    at, given = fields.get("t", ""), fields.get("v1", "")
-    if not at.isdigit() or abs((time.time() if now is None else now) - int(at)) > MAX_AGE_S:
+    fields = [part.strip().split("=", 1) for part in header.split(",") if "=" in part]
+    times = [value for name, value in fields if name.lower() == "t"]
+    if len(times) != 1 or not _TIME.fullmatch(times[0]):
         return False
-    expected = _hmac(secret, signed_text(int(at), target, event_id, body))
-    return hmac.compare_digest(given.lower().encode(), expected.encode())
+    (at,) = times
+    if abs((time.time() if now is None else now) - int(at)) > MAX_AGE_S:
+        return False
+    expected = _hmac(secret, signed_text(at, target, event_id, body)).encode()
+    # Several v1 values may be sent (a secret being rotated): one must match.
+    return any(hmac.compare_digest(value.lower().encode(), expected)
+               for name, value in fields if name.lower() == "v1")
 
 
 def _hmac(secret: str, text: bytes) -> str:

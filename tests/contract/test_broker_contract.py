@@ -888,3 +888,21 @@ async def test_rabbit_a_dead_lettered_copy_keeps_how_to_read_and_answer_it(
             f"{kept}app-id": "billing"}
     finally:
         await broker.close()
+
+
+async def test_a_delivery_whose_consumer_was_cancelled_says_it_was_returned(
+    broker: Broker,
+) -> None:
+    wf = new_workflow()
+    await broker.declare_workflow(wf)
+    await broker.publish([create(wf, b"held")])
+    got: list[Delivery] = []
+
+    async def hold(delivery: Delivery) -> None:
+        got.append(delivery)  # not settled: held, as an event waiting for its instance
+
+    consumer = await broker.consume(wf, hold, prefetch=1)
+    await eventually(lambda: len(got) == 1)
+    assert not got[0].returned
+    await consumer.cancel()
+    assert got[0].returned  # the broker has it back; it must not raise either

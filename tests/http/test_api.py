@@ -366,7 +366,16 @@ async def test_a_timestamped_signature_holds_for_its_own_event_only(start_api: S
         ):
             _error(await api.http.post(url, content=body, headers=headers), 401,
                    "signature_invalid")
-        accepted = await api.http.post(to("ts-1", "approval"), content=body, headers=one)
+        # Malformed times are a mismatch (401), never an error of the server.
+        for bad_time in ("t=\u00b2,v1=00", "t=" + "9" * 400 + ",v1=00", "t=1,t=2,v1=00"):
+            _error(await api.http.post(to("ts-1", "approval"), content=body,
+                                       headers={SIGNATURE_HEADER: bad_time.encode("latin-1")}),
+                   401, "signature_invalid")
+        # Spaces after commas, and several v1 values (a secret being rotated) are fine.
+        at, v1 = signed.split(",")
+        rotated = f"{at}, v1={'0' * 64}, {v1}"
+        accepted = await api.http.post(to("ts-1", "approval"), content=body,
+                                       headers={**one, SIGNATURE_HEADER: rotated})
         assert accepted.status_code == 202, accepted.text
         done = await _wait_status(api, "approval", "ts-1", "complete")
         assert done["output"] == {"approved_by": {"by": "kim"}}
@@ -514,6 +523,8 @@ def test_only_an_unreachable_service_is_a_503_not_a_bug_in_sql() -> None:
         return OperationalError("SELECT 1", {}, orig)
 
     assert _unreachable(PublishError("not confirmed"))
+    assert _unreachable(OSError(113, "No route to host"))
+    assert _unreachable(OSError("Multiple exceptions: [Errno 111] ..., [Errno 111] ..."))
     assert _unreachable(ConnectionRefusedError(111, "refused"))
     assert _unreachable(wrapped(ConnectionRefusedError(111, "refused")))
     assert _unreachable(wrapped(sqlite3.OperationalError("database is locked")))

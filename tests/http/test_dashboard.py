@@ -113,6 +113,18 @@ async def test_a_browser_on_another_site_cannot_change_anything(api: RunningApi)
         _error(await api.http.post(path, headers={"Sec-Fetch-Site": "cross-site"}), 403,
                "forbidden")
     assert (await _wait_status(api, "approval", "csrf-1", "waiting"))["status"] == "waiting"
+    # Behind a proxy that rewrites Host, the browser's own word counts; default ports are
+    # no difference.
+    proxied = {"Origin": "https://warren.example.com", "Sec-Fetch-Site": "same-origin"}
+    _error(await api.http.post("/dashboard/approval/csrf-1/event", headers=proxied,
+                               data={"type": "approval", "payload": "{not json"}),
+           400, "invalid")  # through the guard, refused for its payload
+    port_80 = {"Origin": "http://localhost", "Host": "localhost:80"}
+    _error(await api.http.post("/dashboard/approval/csrf-1/event", headers=port_80,
+                               data={"type": "approval", "payload": "{not json"}),
+           400, "invalid")
+    _error(await api.http.post("/dashboard/approval/csrf-1/terminate",
+                               headers={"Origin": "null"}), 403, "forbidden")
     # Reading is not refused, and the dashboard's own forms (same origin) work.
     assert (await api.http.get("/dashboard", headers=evil)).status_code == 200
     same = {"Origin": api.url, "Sec-Fetch-Site": "same-origin"}

@@ -449,14 +449,20 @@ async def test_a_create_sent_before_any_worker_served_its_workflow_runs_once_one
     """Published before any queue for its workflow existed, the create waits among the
     unroutable messages; the first worker that serves the workflow routes it again."""
     async with broker_from_url(stack.broker_url, stack.namespace) as early:
-        await early.publish([OutgoingMessage("create", "late-workflow",
-                                             b'{"id": "early-bird", "params": 5}')])
+        await early.publish([
+            OutgoingMessage("create", "late-workflow", b'{"id": "early-bird", "params": 5}'),
+            # No binding routes this key, now or later: refused once, not sent round again.
+            OutgoingMessage("create", "late-workflow.x", b'{"id": "lost", "params": 6}'),
+        ])
         async with stack.running([LateWorkflow]) as client:
             inst = await eventually(lambda: _get(client, "early-bird", "late-workflow"),
                                     timeout=15, message="the early create stored")
             st = await inst.wait_for_status("complete", timeout=15)
+            dead = await early.get_dead(timeout_s=10)  # type: ignore[attr-defined]
         assert st.output == 5
-        assert await early.get_dead(timeout_s=0.2) is None  # type: ignore[attr-defined]
+        assert dead is not None and dead.body == b'{"id": "lost", "params": 6}'
+        assert "no workflow named 'late-workflow.x'" in str(dead.headers[REASON_HEADER])
+        assert await early.get_dead(timeout_s=0.5) is None  # type: ignore[attr-defined]
 
 
 async def test_create_and_event_from_a_c_client_amqp_publish(real_stack: Stack) -> None:
