@@ -29,3 +29,13 @@ def test_invalid_utf8_is_read_and_made_readable_within_255_bytes() -> None:
     assert consumed == 201
     shown, ok = readable(text)
     assert not ok and len(shown.encode()) <= 255 and set(shown) == {"\ufffd"}
+
+
+def test_a_time_past_what_datetime_holds_is_read_as_none() -> None:
+    from pamqp import common
+
+    from broker._utf8 import _timestamp
+
+    now = common.Struct.timestamp.pack(1_765_000_000)
+    assert _timestamp(now) == decode.timestamp(now)
+    assert _timestamp(common.Struct.timestamp.pack(2**62)) == (8, None)
