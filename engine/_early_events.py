@@ -20,11 +20,7 @@ import asyncio
 import time
 from collections.abc import Callable
 
-import structlog
-
 from broker import Delivery
-
-log = structlog.get_logger("warren.early_events")
 
 _FIRST_PAUSE_S = 0.05
 _LONGEST_PAUSE_S = 2.0

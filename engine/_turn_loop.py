@@ -232,10 +232,11 @@ class TurnLoop:
                 batch.instance_ids[str(admitted)] = None
                 pokes.append(delivery)
             else:
-                instance_id = (admitted.snapshot.instance_id
-                               if isinstance(admitted, AnnouncedInstance) else admitted)
                 if isinstance(admitted, AnnouncedInstance):
+                    instance_id = admitted.snapshot.instance_id
                     batch.announced[instance_id] = admitted
+                else:
+                    instance_id = admitted
                 if delivery.headers.get(STORED_HEADER) == "1":
                     claims[delivery] = instance_id
                 else:

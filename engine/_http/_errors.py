@@ -168,16 +168,17 @@ _UNREACHABLE = (PublishError, OSError)
 _UNAVAILABLE_SQLITE = ("database is locked", "unable to open database", "disk i/o error")
 
 
+def _network_failure(exc: BaseException | None) -> bool:
+    return isinstance(exc, _UNREACHABLE) and not isinstance(exc, _LOCAL_FAILURES)
+
+
 def _unreachable(exc: BaseException) -> bool:
     """Whether ``exc`` says the broker or the database is out of reach (503), not a bug:
     a SQL error or a missing file is a 500, however the driver classes it."""
-    if isinstance(exc, _LOCAL_FAILURES):
-        return False
-    if isinstance(exc, _UNREACHABLE):
+    if _network_failure(exc):
         return True
     if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated or (isinstance(exc.orig, _UNREACHABLE)
-                                          and not isinstance(exc.orig, _LOCAL_FAILURES)):
+        if exc.connection_invalidated or _network_failure(exc.orig):
             return True
         state = getattr(exc.orig, "sqlstate", None)
         if isinstance(state, str):
